@@ -1,0 +1,295 @@
+//! The JSON bodies of the registry's HTTP API.
+//!
+//! Durations travel as whole milliseconds in fields ending `_ms`, so that every client can
+//! read them without a duration parser. Unknown fields are refused on requests: a typo in
+//! a field name is an error, not a silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{self, NameKind, ValidationError};
+
+/// The role a member reports in its heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    /// A raft voter (a Consul server, an etcd member).
+    Server,
+    /// A non-voting client of the raft (a Consul client agent, an etcd gateway or proxy).
+    Agent,
+}
+
+impl MemberRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Server => "server",
+            MemberRole::Agent => "agent",
+        }
+    }
+}
+
+impl std::fmt::Display for MemberRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The role a claim grants: what the node must start as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantedRole {
+    /// Start a brand-new raft. At most one node of a cluster holds this at a time.
+    Bootstrap,
+    /// Start as a server and join the raft through the join targets.
+    Server,
+    /// Start as a client agent and join through the join targets.
+    Agent,
+}
+
+impl GrantedRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantedRole::Bootstrap => "bootstrap",
+            GrantedRole::Server => "server",
+            GrantedRole::Agent => "agent",
+        }
+    }
+
+    /// The role the member reports in its heartbeats once it runs.
+    pub fn member_role(self) -> MemberRole {
+        match self {
+            GrantedRole::Bootstrap | GrantedRole::Server => MemberRole::Server,
+            GrantedRole::Agent => MemberRole::Agent,
+        }
+    }
+}
+
+impl std::fmt::Display for GrantedRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the agent itself says about its raft, as the sidecar read it from the agent's API.
+/// Every field is optional: an agent that cannot tell leaves it out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStatus {
+    /// Whether the agent is part of a raft with a leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_raft: Option<bool>,
+    /// The leader the agent sees, as the agent names it (an address or a member name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// How many raft peers (voters) the agent sees, itself included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<u32>,
+    /// Whether this agent is the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_leader: Option<bool>,
+}
+
+impl AgentStatus {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(leader) = &self.leader {
+            if leader.len() > validate::MAX_STATUS_STRING_LEN
+                || leader.chars().any(char::is_control)
+            {
+                return Err(ValidationError::new(
+                    crate::ErrorCode::InvalidBody,
+                    format!(
+                        "status.leader must be at most {} bytes without control characters",
+                        validate::MAX_STATUS_STRING_LEN
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /v1/clusters/{cluster}/members/{node}`: a heartbeat, carrying the whole record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// Where other members reach this one to join (`host:port`).
+    pub address: String,
+    pub role: MemberRole,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<AgentStatus>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+}
+
+impl HeartbeatRequest {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate::validate_address(&self.address)?;
+        validate::validate_metadata(&self.meta)?;
+        if let Some(status) = &self.status {
+            status.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a heartbeat: how long the registry keeps the member and how often to renew.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub cluster: String,
+    pub node: String,
+    /// True when this heartbeat registered the member (it was unknown or had expired).
+    pub registered: bool,
+    /// The member is forgotten this long after the registry received this heartbeat.
+    pub ttl_ms: u64,
+    /// Send the next heartbeat within this interval.
+    pub interval_ms: u64,
+}
+
+/// One live member, as the registry lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub node: String,
+    pub address: String,
+    pub role: MemberRole,
+    #[serde(default)]
+    pub status: AgentStatus,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// Time since the registry received this member's last heartbeat.
+    pub age_ms: u64,
+    /// Time until the registry forgets this member unless it heartbeats.
+    pub expires_in_ms: u64,
+}
+
+/// `GET /v1/clusters/{cluster}/members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersResponse {
+    pub cluster: String,
+    /// Changes whenever the cluster's membership changes (a member joins, leaves, expires, or
+    /// changes address, role or status).
+    pub index: u64,
+    /// Live members only, freshest first.
+    pub members: Vec<Member>,
+}
+
+/// One cluster in `GET /v1/clusters`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    pub cluster: String,
+    pub live_members: u32,
+    pub live_servers: u32,
+    pub live_agents: u32,
+    /// The node holding the cluster's bootstrap grant, if one stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_node: Option<String>,
+}
+
+/// `GET /v1/clusters`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClustersResponse {
+    pub clusters: Vec<ClusterSummary>,
+}
+
+/// `POST /v1/clusters/{cluster}/claims`: which role should this node start as?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    pub node: String,
+    /// Where other members will reach this node (`host:port`).
+    pub address: String,
+    /// How many servers the raft wants (Consul's `-bootstrap-expect`).
+    pub expect: u32,
+    /// Set by a node that only ever wants to be a client agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent_only: bool,
+}
+
+impl ClaimRequest {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate::validate_name(NameKind::Node, &self.node)?;
+        validate::validate_address(&self.address)?;
+        validate::validate_expect(self.expect)?;
+        Ok(())
+    }
+}
+
+/// A join target: a live member (or a granted server that has not heartbeated yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTarget {
+    pub node: String,
+    pub address: String,
+    pub role: MemberRole,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimResponse {
+    pub cluster: String,
+    pub node: String,
+    pub role: GrantedRole,
+    /// Every live server this node can join, never itself; empty for `bootstrap`.
+    pub join: Vec<JoinTarget>,
+    /// The `expect` this decision used.
+    pub expect: u32,
+    /// Why the registry chose this role, in a sentence.
+    pub reason: String,
+    /// The claim holds this long; renew it (claim again, or heartbeat) before it runs out.
+    pub ttl_ms: u64,
+    /// The heartbeat interval to use once the agent runs.
+    pub interval_ms: u64,
+}
+
+/// `GET /members` in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTargetsResponse {
+    pub cluster: String,
+    pub index: u64,
+    /// `host:port` of every live member of the requested role, freshest first.
+    pub addresses: Vec<String>,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// `ok`, or `failing` with the reason in `storage`.
+    pub status: String,
+    pub storage: String,
+    pub uptime_ms: u64,
+    pub version: String,
+}
+
+/// A claim as `GET /v1/clusters/{cluster}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimSummary {
+    pub node: String,
+    pub address: String,
+    pub role: GrantedRole,
+    pub expect: u32,
+    /// Time until the claim lapses unless the node claims again or heartbeats.
+    pub expires_in_ms: u64,
+}
+
+/// The cluster's current bootstrap grant: which node was allowed to start its raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapSummary {
+    pub node: String,
+    pub address: String,
+    /// How many bootstrap grants this cluster has had; it grows by one per new raft.
+    pub generation: u64,
+    /// Wall-clock time of the grant, in milliseconds since the Unix epoch.
+    pub granted_at_unix_ms: u64,
+    /// Whether the holder's claim is still live (while it is, no other node may bootstrap).
+    pub live: bool,
+}
+
+/// `GET /v1/clusters/{cluster}`: the members, the claims and the bootstrap grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterDetail {
+    pub summary: ClusterSummary,
+    pub index: u64,
+    pub members: Vec<Member>,
+    pub claims: Vec<ClaimSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSummary>,
+}

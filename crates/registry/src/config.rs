@@ -1,0 +1,264 @@
+//! Command-line flags (each with a `ROLLCALL_*` environment variable), validated once into a
+//! typed [`Config`]. A bad setting stops the binary with exit code 64 and one clear line.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use rollcall_protocol::validate::NameKind;
+
+use crate::auth::{Secret, Tokens};
+use crate::membership::{Limits, Timing};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7400";
+pub const DEFAULT_DATA_DIR: &str = "./rollcall-data";
+/// Short enough that a docker demo converges in seconds, long enough to ride out a GC pause.
+pub const DEFAULT_TTL: &str = "15s";
+pub const DEFAULT_INTERVAL: &str = "5s";
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "10s";
+pub const DEFAULT_REQUEST_TIMEOUT: &str = "10s";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_CLUSTERS: usize = 10_000;
+pub const DEFAULT_MAX_MEMBERS_PER_CLUSTER: usize = 10_000;
+pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rollcall-registry",
+    version,
+    about = "rollcall's bootstrap instance: members heartbeat to it, it serves join addresses and decides who may start a raft"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Checks a running registry's /health and exits 0 when it is healthy, 1 otherwise (for Docker's HEALTHCHECK).
+    Healthcheck {
+        /// The registry to check.
+        #[arg(
+            long,
+            env = "ROLLCALL_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:7400"
+        )]
+        url: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address and port to serve HTTP on.
+    #[arg(long, env = "ROLLCALL_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Directory of the sled database.
+    #[arg(long, env = "ROLLCALL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// A member is forgotten this long after its last heartbeat (e.g. 15s).
+    #[arg(long, env = "ROLLCALL_TTL", default_value = DEFAULT_TTL, value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// The heartbeat interval told to members; must be shorter than the TTL.
+    #[arg(long, env = "ROLLCALL_INTERVAL", default_value = DEFAULT_INTERVAL, value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// No bootstrap is granted this long after the registry starts [default: 2 x interval].
+    #[arg(long, env = "ROLLCALL_STARTUP_GRACE", value_parser = humantime::parse_duration)]
+    pub startup_grace: Option<Duration>,
+    /// No bootstrap is granted this long after a cluster's last member was seen [default: the TTL].
+    #[arg(long, env = "ROLLCALL_QUIET_PERIOD", value_parser = humantime::parse_duration)]
+    pub quiet_period: Option<Duration>,
+    /// Registry-wide bearer token for writes. Without any token, writes are open.
+    #[arg(long, env = "ROLLCALL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A token that may write to one cluster only, as CLUSTER=TOKEN; repeat the flag, or separate with commas in the variable.
+    #[arg(
+        long = "cluster-token",
+        env = "ROLLCALL_CLUSTER_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub cluster_tokens: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "ROLLCALL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// How long shutdown waits for in-flight requests before it flushes and exits.
+    #[arg(long, env = "ROLLCALL_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// A request that takes longer is answered 408.
+    #[arg(long, env = "ROLLCALL_REQUEST_TIMEOUT", default_value = DEFAULT_REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "ROLLCALL_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Most clusters one registry holds.
+    #[arg(long, env = "ROLLCALL_MAX_CLUSTERS", default_value_t = DEFAULT_MAX_CLUSTERS)]
+    pub max_clusters: usize,
+    /// Most members (and claimants) one cluster holds.
+    #[arg(long, env = "ROLLCALL_MAX_MEMBERS_PER_CLUSTER", default_value_t = DEFAULT_MAX_MEMBERS_PER_CLUSTER)]
+    pub max_members_per_cluster: usize,
+    /// sled's page cache, in bytes.
+    #[arg(long, env = "ROLLCALL_CACHE_BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
+    pub cache_bytes: u64,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub timing: Timing,
+    pub limits: Limits,
+    pub tokens: Tokens,
+    pub log_format: LogFormat,
+    pub shutdown_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub cache_bytes: u64,
+}
+
+/// A setting that cannot work, said in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl ServeArgs {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let err = |s: String| Err(ConfigError(s));
+        if self.ttl < Duration::from_secs(1) {
+            return err(format!(
+                "--ttl is {}; it must be at least 1s",
+                humantime::format_duration(self.ttl)
+            ));
+        }
+        if self.interval.is_zero() || self.interval >= self.ttl {
+            return err(format!(
+                "--interval ({}) must be above zero and shorter than --ttl ({}), or members expire between heartbeats",
+                humantime::format_duration(self.interval),
+                humantime::format_duration(self.ttl)
+            ));
+        }
+        let startup_grace = self.startup_grace.unwrap_or(self.interval * 2);
+        if startup_grace < self.interval {
+            return err(format!(
+                "--startup-grace ({}) must be at least one --interval ({}), so that running members re-register before any bootstrap",
+                humantime::format_duration(startup_grace),
+                humantime::format_duration(self.interval)
+            ));
+        }
+        let quiet_period = self.quiet_period.unwrap_or(self.ttl);
+        if quiet_period < self.interval {
+            return err(format!(
+                "--quiet-period ({}) must be at least one --interval ({})",
+                humantime::format_duration(quiet_period),
+                humantime::format_duration(self.interval)
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            return err("--max-body-bytes must be at least 1024".into());
+        }
+        if self.max_clusters == 0 || self.max_members_per_cluster == 0 {
+            return err("--max-clusters and --max-members-per-cluster must be at least 1".into());
+        }
+        let registry = match self.token {
+            Some(t) if t.trim().is_empty() => return err("--token is empty".into()),
+            Some(t) => Some(Secret::new(t)),
+            None => None,
+        };
+        let mut clusters = HashMap::new();
+        for item in self.cluster_tokens {
+            let Some((cluster, token)) = item.split_once('=') else {
+                return err("--cluster-token must be CLUSTER=TOKEN".into());
+            };
+            if let Err(e) = rollcall_protocol::validate_name(NameKind::Cluster, cluster) {
+                return err(format!("--cluster-token: {e}"));
+            }
+            if token.trim().is_empty() {
+                return err(format!("--cluster-token for {cluster:?} is empty"));
+            }
+            if clusters
+                .insert(cluster.to_string(), Secret::new(token.to_string()))
+                .is_some()
+            {
+                return err(format!("--cluster-token names cluster {cluster:?} twice"));
+            }
+        }
+        Ok(Config {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            timing: Timing {
+                ttl: self.ttl,
+                interval: self.interval,
+                startup_grace,
+                quiet_period,
+            },
+            limits: Limits {
+                max_clusters: self.max_clusters,
+                max_members_per_cluster: self.max_members_per_cluster,
+            },
+            tokens: Tokens { registry, clusters },
+            log_format: self.log_format,
+            shutdown_timeout: self.shutdown_timeout,
+            request_timeout: self.request_timeout,
+            max_body_bytes: self.max_body_bytes,
+            cache_bytes: self.cache_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["rollcall-registry"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)
+            .map_err(|e| ConfigError(e.to_string()))?
+            .serve
+            .validate()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = parse(&[]).expect("defaults");
+        assert_eq!(c.timing.ttl, Duration::from_secs(15));
+        assert_eq!(c.timing.interval, Duration::from_secs(5));
+        assert_eq!(c.timing.startup_grace, Duration::from_secs(10));
+        assert_eq!(c.timing.quiet_period, Duration::from_secs(15));
+        assert!(c.tokens.is_open());
+    }
+
+    #[test]
+    fn nonsense_is_refused_with_a_reason() {
+        for args in [
+            &["--ttl", "500ms"][..],
+            &["--ttl", "10s", "--interval", "10s"],
+            &["--interval", "5s", "--startup-grace", "1s"],
+            &["--quiet-period", "1s"],
+            &["--cluster-token", "nobody"],
+            &["--cluster-token", "a=x,a=y"],
+            &["--cluster-token", "bad name=x"],
+            &["--token", " "],
+            &["--ttl", "fifteen"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn cluster_tokens_parse() {
+        let c = parse(&["--cluster-token", "a=x,b=y", "--token", "root"]).expect("tokens");
+        assert_eq!(c.tokens.clusters.len(), 2);
+        assert!(c.tokens.registry.is_some());
+    }
+}

@@ -1,0 +1,148 @@
+//! rollcall-registry: the bootstrap instance of a raft.
+//!
+//! Members heartbeat to it (`PUT /v1/clusters/{cluster}/members/{node}`), it keeps them in
+//! sled with an expiry, serves their join addresses (`GET /members`) and decides who may start
+//! a raft (`POST /v1/clusters/{cluster}/claims`). The modules, from the wire inwards:
+//! [`api`] (HTTP), [`auth`] (tokens), [`membership`] (the state and the claim rules),
+//! [`store`] (sled). [`run`] wires them together with the expiry sweeper and shutdown.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod membership;
+pub mod store;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::api::{AppState, HttpLimits};
+use crate::config::Config;
+use crate::membership::Registry;
+use crate::store::Store;
+
+/// How often the sweeper looks for expired members. Reads filter by deadline anyway, so this
+/// only bounds how late an expiry is logged and how long a dead entry occupies memory.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Opens the store and loads the registry's state.
+pub fn open_registry(config: &Config) -> anyhow::Result<Arc<Registry>> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })?;
+    let store = Store::open(&config.data_dir, config.cache_bytes)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let registry = Registry::open(store, config.timing, config.limits)
+        .context("cannot load the stored state")?;
+    Ok(Arc::new(registry))
+}
+
+/// Serves the registry on `listener` until `shutdown` completes, then drains in-flight
+/// requests for at most `config.shutdown_timeout` and flushes storage.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let registry = open_registry(&config)?;
+    let state = AppState {
+        registry: registry.clone(),
+        tokens: Arc::new(config.tokens.clone()),
+    };
+    let app = api::router(
+        state,
+        HttpLimits {
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: config.request_timeout,
+        },
+    );
+    let local = listener
+        .local_addr()
+        .context("listener has no local address")?;
+    tracing::info!(
+        listen = %local,
+        data_dir = %config.data_dir.display(),
+        ttl = %humantime::format_duration(config.timing.ttl),
+        interval = %humantime::format_duration(config.timing.interval),
+        startup_grace = %humantime::format_duration(config.timing.startup_grace),
+        quiet_period = %humantime::format_duration(config.timing.quiet_period),
+        writes = if config.tokens.is_open() { "open (no token configured)" } else { "need a bearer token" },
+        "rollcall-registry serving"
+    );
+
+    let sweeper_registry = registry.clone();
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            sweeper_registry.expire_due();
+        }
+    });
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                let _ = drain_tx.send(());
+            })
+            .into_future(),
+    );
+    tokio::pin!(server);
+    let result = tokio::select! {
+        res = &mut server => res,
+        _ = async {
+            // Only once shutdown has begun does the drain timeout start.
+            if drain_rx.await.is_ok() {
+                tracing::info!(timeout = %humantime::format_duration(config.shutdown_timeout), "shutting down: draining in-flight requests");
+                tokio::time::sleep(config.shutdown_timeout).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
+            server.abort();
+            Ok(Ok(()))
+        }
+    };
+    sweeper.abort();
+    registry
+        .store()
+        .flush_blocking()
+        .context("final storage flush failed")?;
+    tracing::info!("storage flushed; bye");
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context("HTTP server failed")),
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("HTTP server task failed")),
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("ctrl-c received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,424 @@
+//! The command line and environment, parsed once by clap and validated once into a typed
+//! [`Settings`] that the rest of the sidecar reads.
+//!
+//! Every flag has a `ROLLCALL_*` environment variable, so that a Compose file can configure
+//! the sidecar without rewriting the container's command. Defaults are the named constants
+//! below; the README's configuration table lists the same names.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rollcall_protocol::validate::NameKind;
+use rollcall_protocol::{validate_address, validate_name, MemberRole, DEFAULT_CLUSTER};
+
+/// Servers a raft wants when `--expect` is not given: the smallest raft that survives a loss.
+pub const DEFAULT_EXPECT: u32 = 3;
+/// Where the agent keeps its state unless told otherwise (a volume in the container).
+pub const DEFAULT_DATA_DIR: &str = "/data";
+/// How long `run` keeps retrying an unreachable registry before it gives up at start.
+pub const DEFAULT_REGISTRY_RETRY_LIMIT: Duration = Duration::from_secs(60);
+/// How long a `server` or `agent` keeps trying its join targets before it gives up.
+pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the agent has to exit after the stop signal before it is killed.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout of one HTTP request to the registry or to the agent.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Consul's HTTP API on the agent's loopback (Consul's own default `-client` and `-http-port`).
+pub const DEFAULT_CONSUL_HTTP: &str = "http://127.0.0.1:8500";
+/// Consul's Serf LAN port, the address other agents `-retry-join`.
+pub const CONSUL_SERF_LAN_PORT: u16 = 8301;
+/// etcd's client port (IANA), the address registered in the registry for etcd members.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+/// etcd's peer port (IANA), derived for the member's peer URL.
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// Port registered for the `exec` engine when `--advertise` names none.
+pub const EXEC_DEFAULT_PORT: u16 = 7000;
+
+/// Runs a raft agent (Consul or etcd) as PID 1: claims a role from the rollcall registry,
+/// starts and joins the agent, heartbeats while it is healthy, and stops it cleanly.
+#[derive(Debug, Parser)]
+#[command(name = "rollcall-sidecar", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Claim a role, start the agent, join, heartbeat and supervise it; exit with its code.
+    Run(RunArgs),
+    /// Send one heartbeat for an agent that runs elsewhere (0 sent, 255 agent not running).
+    Heartbeat(HeartbeatArgs),
+    /// Print the cluster's join targets, one `host:port` a line.
+    Members(MembersArgs),
+    /// Print the role the registry gives this node, then its join targets.
+    Claim,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Arguments passed to the agent unchanged (after `--`); for the `exec` engine, the
+    /// command to run.
+    #[arg(last = true, value_name = "AGENT_ARGS")]
+    pub agent_args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HeartbeatArgs {
+    /// The role to report; Consul tells it itself, so this matters for etcd and exec.
+    #[arg(long, env = "ROLLCALL_ROLE", value_enum, default_value_t = RoleArg::Server)]
+    pub role: RoleArg,
+}
+
+#[derive(Debug, Args)]
+pub struct MembersArgs {
+    /// Only members of this role.
+    #[arg(long, env = "ROLLCALL_ROLE", value_enum)]
+    pub role: Option<RoleArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Server,
+    Agent,
+}
+
+impl From<RoleArg> for MemberRole {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Server => MemberRole::Server,
+            RoleArg::Agent => MemberRole::Agent,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    /// HashiCorp Consul: `consul agent -server -bootstrap-expect=N -retry-join=...`.
+    Consul,
+    /// etcd 3.4+: a new cluster, a learner added through a member's API, or a gateway.
+    Etcd,
+    /// Any command (after `--`): learns its role and join targets from environment variables.
+    Exec,
+}
+
+impl EngineKind {
+    /// The port registered when `--advertise` gives only a host.
+    pub fn default_port(self) -> u16 {
+        match self {
+            EngineKind::Consul => CONSUL_SERF_LAN_PORT,
+            EngineKind::Etcd => ETCD_CLIENT_PORT,
+            EngineKind::Exec => EXEC_DEFAULT_PORT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// The registry's base URL, for example `http://rollcall:7400`.
+    #[arg(long, env = "ROLLCALL_REGISTRY", global = true)]
+    pub registry: Option<String>,
+    /// Bearer token for the registry.
+    #[arg(long, env = "ROLLCALL_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// The cluster this node belongs to.
+    #[arg(long, env = "ROLLCALL_CLUSTER", global = true, default_value = DEFAULT_CLUSTER)]
+    pub cluster: String,
+    /// This node's name; defaults to the hostname.
+    #[arg(long, env = "ROLLCALL_NODE", global = true)]
+    pub node: Option<String>,
+    /// Where other members reach this node: `host` or `host:port` (the port defaults to the
+    /// engine's: Consul 8301, etcd 2379). Defaults to the hostname's address in /etc/hosts.
+    #[arg(long, env = "ROLLCALL_ADVERTISE", global = true)]
+    pub advertise: Option<String>,
+    /// How many servers the raft wants.
+    #[arg(long, env = "ROLLCALL_EXPECT", global = true, default_value_t = DEFAULT_EXPECT)]
+    pub expect: u32,
+    /// Ask only ever to be a client agent, never a server.
+    #[arg(long, env = "ROLLCALL_AGENT_ONLY", global = true)]
+    pub agent_only: bool,
+    /// Which raft agent to run.
+    #[arg(long, env = "ROLLCALL_ENGINE", global = true, value_enum, default_value_t = EngineKind::Consul)]
+    pub engine: EngineKind,
+    /// The agent's data directory.
+    #[arg(long, env = "ROLLCALL_DATA_DIR", global = true, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// The agent binary; defaults to `consul` or `etcd` on the PATH.
+    #[arg(long, env = "ROLLCALL_AGENT_BIN", global = true)]
+    pub agent_bin: Option<String>,
+    /// etcd: the peer port; the peer URL is `http://ADVERTISE_HOST:PORT`.
+    #[arg(long, env = "ROLLCALL_ETCD_PEER_PORT", global = true, default_value_t = ETCD_PEER_PORT)]
+    pub etcd_peer_port: u16,
+    /// Consul: the agent's HTTP API.
+    #[arg(long, env = "ROLLCALL_CONSUL_HTTP", global = true, default_value = DEFAULT_CONSUL_HTTP)]
+    pub consul_http: String,
+    /// exec: a URL that answers 2xx while the agent is healthy; without it, a running
+    /// process counts as healthy.
+    #[arg(long, env = "ROLLCALL_HEALTH_URL", global = true)]
+    pub health_url: Option<String>,
+    /// How long `run` retries an unreachable registry at start before exiting with 69.
+    #[arg(long, env = "ROLLCALL_REGISTRY_RETRY_LIMIT", global = true, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub registry_retry_limit: Duration,
+    /// How long a joining node tries its join targets before exiting with 75.
+    #[arg(long, env = "ROLLCALL_JOIN_TIMEOUT", global = true, value_parser = humantime::parse_duration, default_value = "120s")]
+    pub join_timeout: Duration,
+    /// How long the agent has to exit after SIGTERM before it is killed.
+    #[arg(long, env = "ROLLCALL_STOP_TIMEOUT", global = true, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub stop_timeout: Duration,
+    /// Timeout of one HTTP request to the registry or the agent.
+    #[arg(long, env = "ROLLCALL_REQUEST_TIMEOUT", global = true, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub request_timeout: Duration,
+    /// Log format.
+    #[arg(long, env = "ROLLCALL_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// A configuration error: exit 64 with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// The validated configuration shared by every subcommand.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub registry_url: String,
+    pub token: Option<String>,
+    pub cluster: String,
+    pub node: String,
+    /// The advertised host (an IP address or a DNS name) without the port.
+    pub advertise_host: String,
+    pub advertise_port: u16,
+    pub expect: u32,
+    pub agent_only: bool,
+    pub engine: EngineKind,
+    pub data_dir: PathBuf,
+    pub agent_bin: Option<String>,
+    pub etcd_peer_port: u16,
+    pub consul_http: String,
+    pub health_url: Option<String>,
+    pub registry_retry_limit: Duration,
+    pub join_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Arguments after `--`.
+    pub agent_args: Vec<String>,
+}
+
+impl Settings {
+    /// `host:port` as the registry records it.
+    pub fn advertise_address(&self) -> String {
+        join_host_port(&self.advertise_host, self.advertise_port)
+    }
+
+    /// Validates the raw arguments. `hostname` and `etc_hosts` are passed in so that tests
+    /// can check the defaults without touching the machine.
+    pub fn from_args(
+        common: &CommonArgs,
+        agent_args: Vec<String>,
+        hostname: Option<String>,
+        etc_hosts: Option<&str>,
+    ) -> Result<Settings, ConfigError> {
+        let registry_url = common
+            .registry
+            .clone()
+            .ok_or_else(|| ConfigError("--registry (ROLLCALL_REGISTRY) is required".into()))?;
+        if !(registry_url.starts_with("http://") || registry_url.starts_with("https://")) {
+            return Err(ConfigError(format!(
+                "--registry {registry_url:?} must start with http:// or https://"
+            )));
+        }
+        validate_name(NameKind::Cluster, &common.cluster).map_err(|e| ConfigError(e.message))?;
+        let node = match &common.node {
+            Some(node) => node.clone(),
+            None => hostname.clone().ok_or_else(|| {
+                ConfigError("--node (ROLLCALL_NODE) is not set and the hostname is unknown".into())
+            })?,
+        };
+        validate_name(NameKind::Node, &node).map_err(|e| ConfigError(e.message))?;
+        rollcall_protocol::validate::validate_expect(common.expect)
+            .map_err(|e| ConfigError(e.message))?;
+
+        let default_port = common.engine.default_port();
+        let (advertise_host, advertise_port) = match &common.advertise {
+            Some(advertise) => split_advertise(advertise, default_port)?,
+            None => {
+                let host = hostname
+                    .as_deref()
+                    .and_then(|h| etc_hosts.and_then(|hosts| address_of_host(hosts, h)))
+                    .ok_or_else(|| {
+                        ConfigError(
+                            "--advertise (ROLLCALL_ADVERTISE) is not set and /etc/hosts has no \
+                             non-loopback address for the hostname"
+                                .into(),
+                        )
+                    })?;
+                (host.to_string(), default_port)
+            }
+        };
+        validate_address(&join_host_port(&advertise_host, advertise_port))
+            .map_err(|e| ConfigError(e.message))?;
+        for (name, value) in [
+            ("--stop-timeout", common.stop_timeout),
+            ("--request-timeout", common.request_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError(format!("{name} must be more than zero")));
+            }
+        }
+        Ok(Settings {
+            registry_url,
+            token: common.token.clone().filter(|t| !t.is_empty()),
+            cluster: common.cluster.clone(),
+            node,
+            advertise_host,
+            advertise_port,
+            expect: common.expect,
+            agent_only: common.agent_only,
+            engine: common.engine,
+            data_dir: common.data_dir.clone(),
+            agent_bin: common.agent_bin.clone(),
+            etcd_peer_port: common.etcd_peer_port,
+            consul_http: common.consul_http.trim_end_matches('/').to_string(),
+            health_url: common.health_url.clone(),
+            registry_retry_limit: common.registry_retry_limit,
+            join_timeout: common.join_timeout,
+            stop_timeout: common.stop_timeout,
+            request_timeout: common.request_timeout,
+            agent_args,
+        })
+    }
+}
+
+/// `host:port`, bracketing an IPv6 host.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Splits `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_advertise(advertise: &str, default_port: u16) -> Result<(String, u16), ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "--advertise {advertise:?} must be host or host:port with a port from 1 to 65535"
+        ))
+    };
+    let (host, port) = if let Some(rest) = advertise.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        match after.strip_prefix(':') {
+            Some(port) => (host.to_string(), Some(port)),
+            None if after.is_empty() => (host.to_string(), None),
+            None => return Err(bad()),
+        }
+    } else if advertise.parse::<IpAddr>().is_ok() {
+        (advertise.to_string(), None)
+    } else {
+        match advertise.rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), Some(port)),
+            None => (advertise.to_string(), None),
+        }
+    };
+    let port = match port {
+        None => default_port,
+        Some(port) => port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?,
+    };
+    Ok((host, port))
+}
+
+/// The first non-loopback address that /etc/hosts gives `hostname`: Docker writes the
+/// container's address there under its hostname, and reading the file needs no resolver.
+pub fn address_of_host(etc_hosts: &str, hostname: &str) -> Option<IpAddr> {
+    etc_hosts.lines().find_map(|line| {
+        let line = line.split('#').next().unwrap_or_default();
+        let mut fields = line.split_whitespace();
+        let address = fields.next()?.parse::<IpAddr>().ok()?;
+        if address.is_loopback() || !fields.any(|name| name == hostname) {
+            return None;
+        }
+        Some(address)
+    })
+}
+
+/// True when `host` is an IP literal (so an agent can bind or advertise it as is).
+pub fn is_ip_literal(host: &str) -> bool {
+    host.parse::<IpAddr>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(args: &[&str]) -> CommonArgs {
+        let mut argv = vec!["rollcall-sidecar"];
+        argv.extend_from_slice(args);
+        argv.push("claim");
+        Cli::try_parse_from(argv).expect("parse").common
+    }
+
+    #[test]
+    fn advertise_defaults_to_the_hostname_address_in_etc_hosts() {
+        let hosts = "127.0.0.1\tlocalhost\n::1 localhost ip6-localhost\n172.18.0.3\tabc123 web\n";
+        let settings = Settings::from_args(
+            &common(&["--registry", "http://r:7400", "--engine", "etcd"]),
+            vec![],
+            Some("abc123".into()),
+            Some(hosts),
+        )
+        .expect("settings");
+        assert_eq!(settings.node, "abc123");
+        assert_eq!(settings.advertise_address(), "172.18.0.3:2379");
+    }
+
+    #[test]
+    fn advertise_accepts_host_host_port_and_ipv6() {
+        for (given, engine, expected) in [
+            ("10.0.0.2", "consul", "10.0.0.2:8301"),
+            ("10.0.0.2:9000", "consul", "10.0.0.2:9000"),
+            ("consul-1", "consul", "consul-1:8301"),
+            ("etcd-1:3379", "etcd", "etcd-1:3379"),
+            ("::1", "etcd", "[::1]:2379"),
+            ("[::1]:4000", "etcd", "[::1]:4000"),
+        ] {
+            let settings = Settings::from_args(
+                &common(&["--registry", "http://r", "--engine", engine, "--advertise", given]),
+                vec![],
+                Some("n1".into()),
+                None,
+            )
+            .expect(given);
+            assert_eq!(settings.advertise_address(), expected, "{given}");
+        }
+    }
+
+    #[test]
+    fn bad_configuration_is_refused_with_a_reason() {
+        for args in [
+            vec!["--advertise", "10.0.0.1:0"],
+            vec!["--advertise", "10.0.0.1:99999"],
+            vec!["--registry", "r:7400", "--advertise", "a"],
+            vec!["--advertise", "a", "--cluster", "bad name"],
+            vec!["--advertise", "a", "--expect", "0"],
+            vec!["--advertise", "a", "--node", "-x"],
+        ] {
+            let mut full = vec!["--registry", "http://r"];
+            full.extend(args.iter());
+            let result = Settings::from_args(&common(&full), vec![], Some("n1".into()), None);
+            assert!(result.is_err(), "{args:?}");
+        }
+        let missing_registry = Settings::from_args(&common(&[]), vec![], Some("n".into()), None);
+        assert!(missing_registry.is_err());
+    }
+}

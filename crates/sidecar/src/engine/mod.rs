@@ -1,0 +1,169 @@
+//! Raft engines: how to start each agent for a granted role, and how to read its health and
+//! status from its own API.
+//!
+//! The rest of the sidecar only sees [`Engine`]: it hands over a [`StartPlan`] (what the
+//! registry decided, or a restart from existing data) and gets back an [`AgentCommand`] to
+//! spawn; later it asks [`Engine::health`] and [`Engine::status`]. Each engine's argument
+//! building and response parsing are pure functions, tested by tables in their modules.
+
+pub mod consul;
+pub mod etcd;
+pub mod exec;
+
+use std::time::Duration;
+
+use rollcall_protocol::{AgentStatus, MemberRole};
+
+use crate::config::{EngineKind, Settings};
+use crate::exit::Exit;
+use crate::registry::Registry;
+
+/// How the agent must start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPlan {
+    /// The registry granted `bootstrap`: start a brand-new raft.
+    Bootstrap,
+    /// The registry granted `server`: join the raft through these live servers.
+    Server { join: Vec<String> },
+    /// The registry granted `agent`: a non-voting client of these servers.
+    Agent { join: Vec<String> },
+    /// The data directory already holds raft state: restart with it, never bootstrap and
+    /// never add the member again. `join` is whatever live servers the registry knew.
+    Restart { join: Vec<String> },
+}
+
+impl StartPlan {
+    /// The role the member reports in its heartbeats.
+    pub fn member_role(&self) -> MemberRole {
+        match self {
+            StartPlan::Agent { .. } => MemberRole::Agent,
+            _ => MemberRole::Server,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            StartPlan::Bootstrap => "bootstrap",
+            StartPlan::Server { .. } => "server",
+            StartPlan::Agent { .. } => "agent",
+            StartPlan::Restart { .. } => "restart",
+        }
+    }
+
+    pub fn join(&self) -> &[String] {
+        match self {
+            StartPlan::Bootstrap => &[],
+            StartPlan::Server { join } | StartPlan::Agent { join } | StartPlan::Restart { join } => join,
+        }
+    }
+}
+
+/// A command line ready to spawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCommand {
+    pub program: String,
+    pub args: Vec<String>,
+    /// Extra environment for the agent.
+    pub env: Vec<(String, String)>,
+}
+
+/// What the agent's API says about it right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Serving, inside a raft with a leader: heartbeats may be sent.
+    Healthy,
+    /// Answering, but not ready (no leader yet, a learner catching up).
+    Starting(String),
+    /// Not answering at all.
+    NotRunning(String),
+}
+
+/// One of the supported raft agents.
+#[derive(Debug)]
+pub enum Engine {
+    Consul(consul::ConsulEngine),
+    Etcd(etcd::EtcdEngine),
+    Exec(exec::ExecEngine),
+}
+
+impl Engine {
+    pub fn new(settings: &Settings) -> Result<Engine, Exit> {
+        let http = agent_http_client(settings.request_timeout)?;
+        Ok(match settings.engine {
+            EngineKind::Consul => Engine::Consul(consul::ConsulEngine::new(settings, http)?),
+            EngineKind::Etcd => Engine::Etcd(etcd::EtcdEngine::new(settings, http)),
+            EngineKind::Exec => Engine::Exec(exec::ExecEngine::new(settings, http)),
+        })
+    }
+
+    /// True when the data directory holds raft state from an earlier run.
+    pub fn has_raft_state(&self) -> bool {
+        match self {
+            Engine::Consul(e) => e.has_raft_state(),
+            Engine::Etcd(e) => e.has_raft_state(),
+            Engine::Exec(_) => false,
+        }
+    }
+
+    /// Builds the command for `plan`. etcd's `server` adds the member through a live
+    /// server's API here, retrying its join targets until one answers or `join_timeout` ends.
+    pub async fn prepare(&self, plan: &StartPlan, registry: &Registry) -> Result<AgentCommand, Exit> {
+        match self {
+            Engine::Consul(e) => Ok(e.command(plan)),
+            Engine::Etcd(e) => e.prepare(plan, registry).await,
+            Engine::Exec(e) => e.command(plan),
+        }
+    }
+
+    /// Reads the agent's health; `role` is the role it was started as.
+    pub async fn health(&self, role: MemberRole) -> Health {
+        match self {
+            Engine::Consul(e) => e.health().await,
+            Engine::Etcd(e) => e.health(role).await,
+            Engine::Exec(e) => e.health().await,
+        }
+    }
+
+    /// Reads what the agent says about its raft, for the heartbeat.
+    pub async fn status(&self, role: MemberRole) -> Option<AgentStatus> {
+        match self {
+            Engine::Consul(e) => e.status().await,
+            Engine::Etcd(e) => e.status(role).await,
+            Engine::Exec(_) => None,
+        }
+    }
+
+    /// Consul tells its role itself; the others report what they were started as.
+    pub async fn detect_role(&self) -> Option<MemberRole> {
+        match self {
+            Engine::Consul(e) => e.detect_role().await,
+            _ => None,
+        }
+    }
+
+    /// Metadata sent with every heartbeat (etcd: its peer and client URLs).
+    pub fn meta(&self) -> std::collections::BTreeMap<String, String> {
+        match self {
+            Engine::Etcd(e) => e.meta(),
+            _ => Default::default(),
+        }
+    }
+}
+
+/// The HTTP client for the agent's own API: never through a proxy, short timeouts.
+fn agent_http_client(timeout: Duration) -> Result<reqwest::Client, Exit> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(2)))
+        .no_proxy()
+        .build()
+        .map_err(|e| Exit::new(crate::exit::EXIT_INTERNAL, format!("cannot build the HTTP client: {e}")))
+}
+
+/// Shuffles join targets so that a fleet does not pile onto the first live member.
+pub fn shuffled(targets: &[String]) -> Vec<String> {
+    use rand::seq::SliceRandom;
+    let mut targets = targets.to_vec();
+    targets.shuffle(&mut rand::thread_rng());
+    targets
+}
