@@ -19,7 +19,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # etcd-server's package starts a system etcd on the default ports; the tests use their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop etcd >/dev/null 2>&1 || true; fi
-pkill -x etcd -U 0 -f '^/usr/bin/etcd$' >/dev/null 2>&1 || true
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -651,7 +651,7 @@ impl ClusterState {
                     .as_ref()
                     .map(|m| (m.last_heartbeat, to_member(node, m, e, now)))
             })
-            .filter(|(_, m)| role.map_or(true, |r| m.role == r))
+            .filter(|(_, m)| role.is_none_or(|r| m.role == r))
             .collect();
         members.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.node.cmp(&b.1.node)));
         members.into_iter().map(|(_, m)| m).collect()

@@ -450,7 +450,18 @@ mod tests {
                 .expect("put");
             store.flush().await.expect("flush");
         }
-        let store = Store::open(dir.path(), 1 << 20).expect("reopen");
+        // The flusher thread lets go of the database a moment after the last `Store` is dropped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let store = loop {
+            match Store::open(dir.path(), 1 << 20) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    assert!(e.message.contains("lock"), "{e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
         let loaded = store.load().expect("load");
         assert_eq!(loaded.members.len(), 1);
         assert_eq!(loaded.members[0].0, "c1");

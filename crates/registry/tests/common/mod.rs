@@ -1,0 +1,201 @@
+//! Test harness: the real `rollcall-registry` binary on a loopback port with sled in a temp
+//! dir. Every process a test starts is killed by its guard's `Drop`, by pid.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rollcall_protocol::RegistryClient;
+
+/// Timing that keeps tests quick: members expire 2s after their last heartbeat.
+pub const FAST: &[&str] = &[
+    "--ttl",
+    "2s",
+    "--interval",
+    "500ms",
+    "--startup-grace",
+    "500ms",
+    "--quiet-period",
+    "500ms",
+];
+
+pub struct TestRegistry {
+    child: Option<Child>,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    args: Vec<String>,
+    pub started_at: Instant,
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+impl TestRegistry {
+    /// Starts a registry with a new, empty data directory.
+    pub async fn start(args: &[&str]) -> TestRegistry {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data_dir = temp.path().join("data");
+        let mut reg = TestRegistry {
+            child: None,
+            port: 0,
+            data_dir,
+            _temp: Some(temp),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            started_at: Instant::now(),
+        };
+        reg.spawn().await;
+        reg
+    }
+
+    /// Starts a registry on an existing data directory (kept by the caller).
+    pub async fn start_on(data_dir: &Path, args: &[&str]) -> TestRegistry {
+        let mut reg = TestRegistry {
+            child: None,
+            port: 0,
+            data_dir: data_dir.to_path_buf(),
+            _temp: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            started_at: Instant::now(),
+        };
+        reg.spawn().await;
+        reg
+    }
+
+    async fn spawn(&mut self) {
+        // The port is free when chosen; if another process takes it first, try another.
+        for _ in 0..5 {
+            let port = if self.port == 0 {
+                free_port()
+            } else {
+                self.port
+            };
+            let mut child = Command::new(env!("CARGO_BIN_EXE_rollcall-registry"))
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .args(&self.args)
+                .env("ROLLCALL_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(if std::env::var_os("ROLLCALL_TEST_LOGS").is_some() {
+                    Stdio::inherit()
+                } else {
+                    Stdio::null()
+                })
+                .spawn()
+                .expect("spawn rollcall-registry");
+            self.started_at = Instant::now();
+            let client =
+                RegistryClient::new(format!("http://127.0.0.1:{port}"), None).expect("client");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: most likely the port was taken
+                }
+                if client.health().await.is_ok() {
+                    self.port = port;
+                    self.child = Some(child);
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("rollcall-registry did not answer /health within 10s");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = child.wait();
+            self.port = 0;
+        }
+        panic!("could not start rollcall-registry on a free port");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> RegistryClient {
+        RegistryClient::new(self.url(), None).expect("client")
+    }
+
+    pub fn client_with_token(&self, token: &str) -> RegistryClient {
+        RegistryClient::new(self.url(), Some(token.to_string())).expect("client")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: no shutdown path runs, nothing is flushed beyond what was acknowledged.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "registry did not exit within 15s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the same registry again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the registry's startup grace (as set by `FAST`) is over.
+pub async fn after_grace(reg: &TestRegistry) {
+    let grace = Duration::from_millis(550);
+    let waited = reg.started_at.elapsed();
+    if waited < grace {
+        tokio::time::sleep(grace - waited).await;
+    }
+}

@@ -1,0 +1,231 @@
+//! Heartbeats, listing, leaving, expiry and restarts, against the real binary.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{eventually, TestRegistry, FAST};
+use rollcall_protocol::{AgentStatus, HeartbeatRequest, MemberRole};
+
+fn hb(address: &str, role: MemberRole) -> HeartbeatRequest {
+    HeartbeatRequest {
+        address: address.into(),
+        role,
+        status: None,
+        meta: BTreeMap::new(),
+    }
+}
+
+#[tokio::test]
+async fn register_renew_list_and_leave() {
+    let reg = TestRegistry::start(FAST).await;
+    let c = reg.client();
+
+    let first = c
+        .heartbeat("web", "n1", &hb("10.0.0.1:8301", MemberRole::Server))
+        .await
+        .expect("register");
+    assert!(first.registered);
+    assert_eq!(first.ttl_ms, 2000);
+    assert_eq!(first.interval_ms, 500);
+    let again = c
+        .heartbeat("web", "n1", &hb("10.0.0.1:8301", MemberRole::Server))
+        .await
+        .expect("renew");
+    assert!(!again.registered, "a renewal is not a registration");
+
+    let mut with_status = hb("10.0.0.2:8301", MemberRole::Agent);
+    with_status.status = Some(AgentStatus {
+        in_raft: Some(true),
+        leader: Some("10.0.0.1:8300".into()),
+        peers: Some(3),
+        is_leader: Some(false),
+    });
+    with_status.meta.insert("dc".into(), "eu-1".into());
+    c.heartbeat("web", "n2", &with_status)
+        .await
+        .expect("register n2");
+
+    let list = c.members("web", None).await.expect("list");
+    let names: Vec<_> = list.members.iter().map(|m| m.node.as_str()).collect();
+    assert_eq!(names, ["n2", "n1"], "freshest first");
+    let n2 = &list.members[0];
+    assert_eq!(n2.status.peers, Some(3));
+    assert_eq!(n2.meta.get("dc").map(String::as_str), Some("eu-1"));
+    assert!(
+        n2.expires_in_ms > 1500 && n2.expires_in_ms <= 2000,
+        "{}",
+        n2.expires_in_ms
+    );
+
+    let servers = c
+        .members("web", Some(MemberRole::Server))
+        .await
+        .expect("servers");
+    assert_eq!(servers.members.len(), 1);
+    assert_eq!(servers.members[0].node, "n1");
+
+    let targets = c.join_targets("web", None).await.expect("join targets");
+    assert_eq!(targets.addresses, ["10.0.0.2:8301", "10.0.0.1:8301"]);
+    let text = reqwest::get(format!(
+        "{}/members?cluster=web&format=text&role=server",
+        reg.url()
+    ))
+    .await
+    .expect("get")
+    .text()
+    .await
+    .expect("text");
+    assert_eq!(text, "10.0.0.1:8301\n");
+
+    let clusters = c.clusters().await.expect("clusters");
+    assert_eq!(clusters.clusters.len(), 1);
+    assert_eq!(
+        (
+            clusters.clusters[0].live_servers,
+            clusters.clusters[0].live_agents
+        ),
+        (1, 1)
+    );
+
+    c.leave("web", "n1").await.expect("leave");
+    let list = c.members("web", None).await.expect("list");
+    assert_eq!(list.members.len(), 1);
+    assert_eq!(list.members[0].node, "n2");
+    // Leaving twice is not an error for the client; the registry answers 404 the second time.
+    c.leave("web", "n1").await.expect("second leave");
+}
+
+#[tokio::test]
+async fn index_moves_only_when_membership_changes() {
+    let reg = TestRegistry::start(FAST).await;
+    let c = reg.client();
+    c.heartbeat("a", "n1", &hb("10.0.0.1:1", MemberRole::Server))
+        .await
+        .expect("register");
+    let i1 = c.members("a", None).await.expect("list").index;
+    c.heartbeat("a", "n1", &hb("10.0.0.1:1", MemberRole::Server))
+        .await
+        .expect("renew");
+    let i2 = c.members("a", None).await.expect("list").index;
+    assert_eq!(i1, i2, "a plain renewal does not change the index");
+    c.heartbeat("a", "n1", &hb("10.0.0.9:1", MemberRole::Server))
+        .await
+        .expect("move");
+    let i3 = c.members("a", None).await.expect("list").index;
+    assert!(i3 > i2, "an address change moves the index");
+}
+
+#[tokio::test]
+async fn member_expires_within_ttl_plus_one_second() {
+    let reg = TestRegistry::start(FAST).await;
+    let c = reg.client();
+    c.heartbeat("exp", "gone", &hb("10.0.0.1:1", MemberRole::Server))
+        .await
+        .expect("register");
+    let sent = Instant::now();
+    c.heartbeat("exp", "stays", &hb("10.0.0.2:1", MemberRole::Server))
+        .await
+        .expect("register");
+    let stays = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let _ = c
+                    .heartbeat("exp", "stays", &hb("10.0.0.2:1", MemberRole::Server))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let gone_after = eventually(Duration::from_secs(4), || {
+        let c = c.clone();
+        async move {
+            let list = c.members("exp", None).await.ok()?;
+            (!list.members.iter().any(|m| m.node == "gone")).then(Instant::now)
+        }
+    })
+    .await
+    .expect("the silent member never expired");
+    let took = gone_after - sent;
+    assert!(
+        took >= Duration::from_millis(1900),
+        "expired early, after {took:?}"
+    );
+    assert!(
+        took <= Duration::from_secs(3),
+        "expired after {took:?}, more than TTL + 1s"
+    );
+    let list = c.members("exp", None).await.expect("list");
+    assert!(
+        list.members.iter().any(|m| m.node == "stays"),
+        "the heartbeating member must stay"
+    );
+    stays.abort();
+}
+
+#[tokio::test]
+async fn restart_keeps_members_and_gives_them_a_fresh_ttl() {
+    let mut reg = TestRegistry::start(&[
+        "--ttl",
+        "4s",
+        "--interval",
+        "1s",
+        "--startup-grace",
+        "1s",
+        "--quiet-period",
+        "1s",
+    ])
+    .await;
+    let c = reg.client();
+    for i in 0..20 {
+        c.heartbeat(
+            "keep",
+            &format!("n{i}"),
+            &hb(&format!("10.0.0.{i}:8300"), MemberRole::Server),
+        )
+        .await
+        .expect("register");
+    }
+    // Let most of the TTL run out before the crash: a restart must not expire them.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    reg.kill9();
+    reg.restart().await;
+    let c = reg.client();
+    let list = c.members("keep", None).await.expect("list");
+    assert_eq!(
+        list.members.len(),
+        20,
+        "every acknowledged registration survives SIGKILL"
+    );
+    for m in &list.members {
+        assert!(
+            m.expires_in_ms > 3000,
+            "{} got {}ms instead of a fresh TTL",
+            m.node,
+            m.expires_in_ms
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_flushes_and_exits_zero() {
+    let mut reg = TestRegistry::start(FAST).await;
+    let c = reg.client();
+    c.heartbeat("t", "n1", &hb("10.0.0.1:1", MemberRole::Server))
+        .await
+        .expect("register");
+    let status = reg.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    reg.restart().await;
+    assert_eq!(
+        reg.client()
+            .members("t", None)
+            .await
+            .expect("list")
+            .members
+            .len(),
+        1
+    );
+}

@@ -1,0 +1,67 @@
+//! The `exec` engine: runs any command given after `--` and tells it its role through the
+//! environment, for agents rollcall has no engine for (and for testing the supervisor with
+//! a small script instead of a raft).
+//!
+//! The command sees `ROLLCALL_GRANTED_ROLE` (`bootstrap`, `server`, `agent` or `restart`),
+//! `ROLLCALL_JOIN_TARGETS` (comma-separated `host:port`), `ROLLCALL_NODE_NAME` and
+//! `ROLLCALL_ADVERTISE_ADDRESS`. It is healthy while `--health-url` answers 2xx, or, without
+//! one, while the process runs. It has no raft state the sidecar can recognise, and
+//! reports no raft status.
+
+use super::{AgentCommand, Health, StartPlan};
+use crate::config::Settings;
+use crate::exit::{Exit, EXIT_CONFIG};
+
+#[derive(Debug)]
+pub struct ExecEngine {
+    command: Vec<String>,
+    node: String,
+    advertise: String,
+    health_url: Option<String>,
+    http: reqwest::Client,
+}
+
+impl ExecEngine {
+    pub fn new(settings: &Settings, http: reqwest::Client) -> Self {
+        ExecEngine {
+            command: settings.agent_args.clone(),
+            node: settings.node.clone(),
+            advertise: settings.advertise_address(),
+            health_url: settings.health_url.clone(),
+            http,
+        }
+    }
+
+    pub fn command(&self, plan: &StartPlan) -> Result<AgentCommand, Exit> {
+        let (program, args) = self
+            .command
+            .split_first()
+            .ok_or_else(|| Exit::new(EXIT_CONFIG, "the exec engine needs the agent command after `--`"))?;
+        Ok(AgentCommand {
+            program: program.clone(),
+            args: args.to_vec(),
+            env: vec![
+                ("ROLLCALL_GRANTED_ROLE".into(), plan.name().into()),
+                ("ROLLCALL_JOIN_TARGETS".into(), plan.join().join(",")),
+                ("ROLLCALL_NODE_NAME".into(), self.node.clone()),
+                ("ROLLCALL_ADVERTISE_ADDRESS".into(), self.advertise.clone()),
+            ],
+        })
+    }
+
+    /// Only called while the process runs (by `run`), or by `heartbeat`, which needs a URL.
+    pub async fn health(&self) -> Health {
+        let Some(url) = &self.health_url else {
+            return Health::Healthy;
+        };
+        match self.http.get(url).send().await {
+            Err(e) => Health::NotRunning(format!("{url}: {e}")),
+            Ok(r) if r.status().is_success() => Health::Healthy,
+            Ok(r) => Health::Starting(format!("{url} answered {}", r.status())),
+        }
+    }
+
+    pub fn has_health_url(&self) -> bool {
+        self.health_url.is_some()
+    }
+}

@@ -1,0 +1,131 @@
+//! The loop that keeps this node known to the registry while `run` supervises the agent.
+//!
+//! Until the agent is first healthy, the loop renews the node's claim every interval (so
+//! the registry keeps its server slot, and lists it as a join target, while the agent is
+//! still joining) and polls the agent's health quickly. Once the agent is healthy it sends
+//! heartbeats carrying the agent's status, at the registry's interval minus up to 20%
+//! jitter. When the agent is not healthy, nothing is sent. A failed heartbeat is logged and
+//! the next one comes an interval later: the registry being down never touches the agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rollcall_protocol::{GrantedRole, MemberRole};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::engine::{Engine, Health};
+use crate::registry::Registry;
+
+/// Heartbeat interval until the registry has named one (a restart that did not claim).
+pub const FALLBACK_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the health of a starting agent is polled, so the first heartbeat is prompt.
+pub const STARTING_HEALTH_POLL: Duration = Duration::from_millis(250);
+/// Most of the interval a heartbeat may come early, to spread a fleet's heartbeats.
+pub const HEARTBEAT_JITTER: f64 = 0.2;
+
+/// What the loop needs to know about how the node started.
+#[derive(Debug, Clone)]
+pub struct MemberLoop {
+    pub engine: Arc<Engine>,
+    pub registry: Arc<Registry>,
+    pub role: MemberRole,
+    /// The role the start-up claim granted; `None` for a restart that did not claim, in
+    /// which case there is no claim to renew.
+    pub granted: Option<GrantedRole>,
+    pub interval: Duration,
+}
+
+impl MemberLoop {
+    /// Runs until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut interval = self.interval;
+        let mut renew_claim = self.granted.is_some();
+        let mut next_claim = Instant::now() + interval;
+        let mut ever_healthy = false;
+        let mut healthy = false;
+        loop {
+            let wait = match self.engine.health(self.role).await {
+                Health::Healthy => {
+                    if !healthy {
+                        info!(role = %self.role, "the agent is healthy; heartbeating");
+                    }
+                    healthy = true;
+                    ever_healthy = true;
+                    let status = self.engine.status(self.role).await;
+                    match self.registry.heartbeat(self.role, status, self.engine.meta()).await {
+                        Ok(answer) => {
+                            if answer.registered {
+                                info!("the registry registered this member (it did not know it, or it had expired)");
+                            }
+                            interval = Duration::from_millis(answer.interval_ms.max(1));
+                            renew_claim = false;
+                        }
+                        Err(error) => {
+                            warn!(%error, "heartbeat failed; the agent keeps running, next try in one interval")
+                        }
+                    }
+                    jittered(interval)
+                }
+                Health::Starting(reason) | Health::NotRunning(reason) => {
+                    if healthy {
+                        warn!(%reason, "the agent is not healthy; heartbeats paused");
+                    }
+                    healthy = false;
+                    if renew_claim && Instant::now() >= next_claim {
+                        self.renew_claim(&mut interval, &reason).await;
+                        next_claim = Instant::now() + jittered(interval);
+                    }
+                    if ever_healthy {
+                        interval.min(Duration::from_secs(1))
+                    } else {
+                        STARTING_HEALTH_POLL
+                    }
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    async fn renew_claim(&self, interval: &mut Duration, waiting_for: &str) {
+        match self.registry.claim_once().await {
+            Ok(claim) => {
+                *interval = Duration::from_millis(claim.interval_ms.max(1));
+                if Some(claim.role) != self.granted {
+                    warn!(
+                        granted_at_start = ?self.granted,
+                        now = %claim.role,
+                        reason = %claim.reason,
+                        "the registry now answers another role; keeping the agent as started"
+                    );
+                } else {
+                    info!(%waiting_for, "renewed the claim while the agent starts");
+                }
+            }
+            Err(error) => warn!(%error, "could not renew the claim; trying again in one interval"),
+        }
+    }
+}
+
+/// `interval` less up to [`HEARTBEAT_JITTER`] of it.
+pub fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(1.0 - rand::thread_rng().gen_range(0.0..HEARTBEAT_JITTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_never_delays_past_the_interval() {
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_secs(1));
+            assert!(d <= Duration::from_secs(1) && d >= Duration::from_millis(800), "{d:?}");
+        }
+    }
+}
