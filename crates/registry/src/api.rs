@@ -5,8 +5,15 @@
 //! serves the very same thing. Handlers validate, call [`Registry`], and for writes that must
 //! be durable await the store's flush before answering.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::Html;
+use futures_util::{Stream, StreamExt};
+use tokio_stream::wrappers::WatchStream;
+use tokio_util::sync::CancellationToken;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
@@ -32,7 +39,14 @@ use crate::store::StoreError;
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub tokens: Arc<Tokens>,
+    /// Cancelled when shutdown begins, so that long polls and event streams end at once
+    /// instead of holding the drain open.
+    pub shutdown: CancellationToken,
 }
+
+/// Longest wait a blocking read may ask for, and the wait when it names none (Consul's).
+pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(600);
+pub const DEFAULT_WATCH_WAIT: Duration = Duration::from_secs(300);
 
 /// HTTP-level settings of the router.
 #[derive(Debug, Clone, Copy)]
@@ -43,27 +57,36 @@ pub struct HttpLimits {
 
 /// Builds the registry's HTTP service.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    // Long polls and event streams outlive any request timeout by design; they are bounded
+    // by their own `wait` and end at shutdown.
+    let streaming = Router::new()
+        .route("/v1/clusters/{cluster}/members", get(list_members))
+        .route("/v1/events", get(events));
     Router::new()
+        .route("/", get(dashboard_page))
+        .route("/dashboard/live", get(dashboard_live))
+        .route("/metrics", get(metrics_text))
         .route("/health", get(health))
         .route("/members", get(join_targets))
         .route("/v1/clusters", get(clusters))
         .route("/v1/clusters/{cluster}", get(cluster_detail))
-        .route("/v1/clusters/{cluster}/members", get(list_members))
         .route(
             "/v1/clusters/{cluster}/members/{node}",
             get(get_member).put(heartbeat).delete(leave),
         )
         .route("/v1/clusters/{cluster}/claims", axum::routing::post(claim))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(
+        .route_layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(
                     |_: tower::BoxError| async { ApiError::Timeout },
                 ))
                 .timeout(limits.request_timeout),
         )
+        .merge(streaming)
+        .route_layer(axum::middleware::from_fn(crate::telemetry::track_requests))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(
             // A 503 `not_ready` is an expected answer, and real failures are logged where they
             // happen with their cause, so the trace layer reports failures at debug level only.
@@ -294,8 +317,12 @@ fn index_header(index: u64) -> [(&'static str, HeaderValue); 1] {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RoleQuery {
+struct MembersQuery {
     role: Option<MemberRole>,
+    /// Blocking read: return when the cluster's index differs from this one.
+    index: Option<u64>,
+    /// How long a blocking read may wait, like `30s` (default 5m, at most 10m).
+    wait: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -360,11 +387,88 @@ async fn get_member(
 async fn list_members(
     State(state): State<AppState>,
     ApiPath(cluster): ApiPath<String>,
-    ApiQuery(query): ApiQuery<RoleQuery>,
+    ApiQuery(query): ApiQuery<MembersQuery>,
 ) -> Result<Response, ApiError> {
     validate_name(NameKind::Cluster, &cluster)?;
+    let wait = match query.wait.as_deref() {
+        None => DEFAULT_WATCH_WAIT,
+        Some(w) => match humantime::parse_duration(w) {
+            Ok(d) if d <= MAX_WATCH_WAIT => d,
+            Ok(_) => {
+                return Err(ApiError::InvalidQuery(format!(
+                    "wait must be at most {}",
+                    humantime::format_duration(MAX_WATCH_WAIT)
+                )))
+            }
+            Err(e) => {
+                return Err(ApiError::InvalidQuery(format!(
+                    "wait {w:?} is not a duration like 30s: {e}"
+                )))
+            }
+        },
+    };
+    if let Some(index) = query.index {
+        wait_for_change(&state, &cluster, index, wait).await;
+    }
     let members = state.registry.members(&cluster, query.role);
     Ok((index_header(members.index), Json(members)).into_response())
+}
+
+/// Blocks until `cluster`'s index differs from `index`, `wait` passes, or shutdown begins.
+/// The receiver is taken before the first look, so a change between the look and the wait
+/// still wakes it.
+async fn wait_for_change(state: &AppState, cluster: &str, index: u64, wait: Duration) {
+    let mut changes = state.registry.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    while state.registry.cluster_index(cluster) == index {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Server-Sent Events: one `change` event after every membership change or decision.
+async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = WatchStream::new(state.registry.subscribe())
+        .map(|version| Ok(Event::default().event("change").data(version.to_string())))
+        .take_until(state.shutdown.clone().cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn dashboard_page(State(state): State<AppState>) -> Html<String> {
+    Html(crate::dashboard::page(&state.registry).into_string())
+}
+
+async fn dashboard_live(State(state): State<AppState>) -> Response {
+    (
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Html(crate::dashboard::live(&state.registry).into_string()),
+    )
+        .into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    for c in state.registry.clusters() {
+        metrics::gauge!("rollcall_live_members", "cluster" => c.cluster)
+            .set(f64::from(c.live_members));
+    }
+    match crate::telemetry::prometheus() {
+        Some(handle) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => {
+            ApiError::NotFound("metrics are not recorded by this process".into()).into_response()
+        }
+    }
 }
 
 async fn cluster_detail(

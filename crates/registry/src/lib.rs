@@ -9,8 +9,10 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod membership;
 pub mod store;
+pub mod telemetry;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -51,9 +53,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let registry = open_registry(&config)?;
+    crate::telemetry::prometheus();
+    let stop_streams = tokio_util::sync::CancellationToken::new();
     let state = AppState {
         registry: registry.clone(),
         tokens: Arc::new(config.tokens.clone()),
+        shutdown: stop_streams.clone(),
     };
     let app = api::router(
         state,
@@ -91,6 +96,7 @@ pub async fn run(
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
+                stop_streams.cancel();
                 let _ = drain_tx.send(());
             })
             .into_future(),

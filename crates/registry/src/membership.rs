@@ -13,7 +13,7 @@
 //! deadline, so expiring costs in proportion to what expires; reads also filter by deadline, so
 //! nothing expired is ever returned between sweeps.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +22,7 @@ use rollcall_protocol::{
     GrantedRole, HeartbeatRequest, HeartbeatResponse, JoinTarget, Member, MemberRole,
     MembersResponse,
 };
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::store::{ClaimRecord, GrantRecord, MemberRecord, Store, StoreError};
@@ -71,6 +72,23 @@ pub struct Registry {
     timing: Timing,
     limits: Limits,
     started: Instant,
+    /// Carries a counter that grows with every membership change and every decision, so that
+    /// blocking reads and the dashboard's event stream wake up without polling.
+    changes: watch::Sender<u64>,
+}
+
+/// How many recent decisions the registry remembers for the dashboard.
+pub const RECENT_DECISIONS: usize = 50;
+
+/// A claim decision (or a refusal), kept for people to read.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DecisionRecord {
+    pub at_unix_ms: u64,
+    pub cluster: String,
+    pub node: String,
+    /// `bootstrap`, `server`, `agent` or `not_ready`.
+    pub outcome: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +100,9 @@ struct State {
     /// Grows by one for every membership change in any cluster; a cluster's `index` is the
     /// value at its last change, as Consul's blocking queries use the raft index.
     index: u64,
+    /// Grows with every change or decision; what `Registry::changes` publishes.
+    events: u64,
+    decisions: VecDeque<DecisionRecord>,
 }
 
 #[derive(Debug, Default)]
@@ -167,12 +188,14 @@ impl Registry {
             ttl = %humantime::format_duration(timing.ttl),
             "loaded stored state; every stored member and claim gets a fresh TTL so that a restart expires nobody"
         );
+        let (changes, _) = watch::channel(0);
         Ok(Registry {
             state: Mutex::new(state),
             store,
             timing,
             limits,
             started: now,
+            changes,
         })
     }
 
@@ -194,11 +217,43 @@ impl Registry {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Releases the lock and wakes whoever waits for a change, if anything changed.
+    fn publish(&self, st: MutexGuard<'_, State>) {
+        let events = st.events;
+        drop(st);
+        self.changes.send_if_modified(|seen| {
+            let changed = *seen != events;
+            *seen = events;
+            changed
+        });
+    }
+
+    /// A receiver that sees a new value after every membership change or decision.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The index of `cluster`'s membership (0 for a cluster the registry does not know).
+    pub fn cluster_index(&self, cluster: &str) -> u64 {
+        self.lock()
+            .clusters
+            .get(cluster)
+            .map(|c| c.index)
+            .unwrap_or(0)
+    }
+
+    /// The most recent claim decisions, newest first.
+    pub fn recent_decisions(&self) -> Vec<DecisionRecord> {
+        self.lock().decisions.iter().rev().cloned().collect()
+    }
+
     /// Removes every entry whose deadline has passed. Returns how many were removed.
     pub fn expire_due(&self) -> usize {
         let now = Instant::now();
         let mut st = self.lock();
-        st.expire_due(now, &self.store)
+        let n = st.expire_due(now, &self.store);
+        self.publish(st);
+        n
     }
 
     /// A heartbeat: registers or renews `node`.
@@ -295,6 +350,12 @@ impl Registry {
             (None, Some(live)) => live.last_heartbeat = now,
             (None, None) => {}
         }
+        if registered {
+            metrics::counter!("rollcall_heartbeats_total", "result" => "registered").increment(1);
+        } else {
+            metrics::counter!("rollcall_heartbeats_total", "result" => "renewed").increment(1);
+        }
+        self.publish(st);
         Ok((
             HeartbeatResponse {
                 cluster: cluster.to_string(),
@@ -337,7 +398,9 @@ impl Registry {
                     .unwrap_or("none"),
                 "member left; its claim, if any, is released"
             );
+            metrics::counter!("rollcall_leaves_total").increment(1);
         }
+        self.publish(st);
         Ok(Durability::FlushBeforeAnswer)
     }
 
@@ -379,8 +442,7 @@ impl Registry {
                     humantime::format_duration(truncate_ms(now.duration_since(self.started))),
                     humantime::format_duration(timing.startup_grace)
                 );
-                tracing::info!(cluster, node, reason = %message, "claim deferred");
-                return Err(RefusedError::NotReady { message, retry_after: left });
+                return Err(self.defer(st, cluster, node, message, left));
             }
             None if request.agent_only => (GrantedRole::Agent, format!("{node} asked to be an agent only"), None),
             None if others.servers >= request.expect as usize => (
@@ -401,8 +463,7 @@ impl Registry {
                     "cluster {cluster} has {} live member(s) but no live server; a raft may still be running, so no node may bootstrap a new one until they are gone",
                     others.any
                 );
-                tracing::info!(cluster, node, reason = %message, "claim deferred");
-                return Err(RefusedError::NotReady { message, retry_after: timing.interval });
+                return Err(self.defer(st, cluster, node, message, timing.interval));
             }
             None => {
                 let cs = st.clusters.get(cluster);
@@ -413,8 +474,7 @@ impl Registry {
                             humantime::format_duration(truncate_ms(timing.quiet_period - left)),
                             humantime::format_duration(timing.quiet_period)
                         );
-                        tracing::info!(cluster, node, reason = %message, "claim deferred");
-                        return Err(RefusedError::NotReady { message, retry_after: left });
+                        return Err(self.defer(st, cluster, node, message, left));
                     }
                 }
                 let generation = cs.and_then(|c| c.grant.as_ref()).map(|g| g.generation + 1).unwrap_or(1);
@@ -482,6 +542,9 @@ impl Registry {
         } else {
             Durability::NoWait
         };
+        metrics::counter!("rollcall_claims_total", "result" => role.as_str()).increment(1);
+        st.record_decision(cluster, node, role.as_str(), &reason);
+        self.publish(st);
         Ok((
             ClaimResponse {
                 cluster: cluster.to_string(),
@@ -497,13 +560,32 @@ impl Registry {
         ))
     }
 
+    /// Logs, counts and records a refused claim, then builds the refusal.
+    fn defer(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        cluster: &str,
+        node: &str,
+        message: String,
+        retry_after: Duration,
+    ) -> RefusedError {
+        tracing::info!(cluster, node, reason = %message, retry_after_ms = ms(retry_after), "claim deferred");
+        metrics::counter!("rollcall_claims_total", "result" => "not_ready").increment(1);
+        st.record_decision(cluster, node, "not_ready", &message);
+        self.publish(st);
+        RefusedError::NotReady {
+            message,
+            retry_after,
+        }
+    }
+
     /// Live members of `cluster`, freshest first, optionally of one role.
     pub fn members(&self, cluster: &str, role: Option<MemberRole>) -> MembersResponse {
         let now = Instant::now();
         let st = self.lock();
         let (index, members) = match st.clusters.get(cluster) {
             Some(cs) => (cs.index, cs.live_members(now, role)),
-            None => (st.index, Vec::new()),
+            None => (0, Vec::new()),
         };
         MembersResponse {
             cluster: cluster.to_string(),
@@ -708,7 +790,22 @@ fn truncate_ms(d: Duration) -> Duration {
 impl State {
     fn bump_index(&mut self) -> u64 {
         self.index += 1;
+        self.events += 1;
         self.index
+    }
+
+    fn record_decision(&mut self, cluster: &str, node: &str, outcome: &str, reason: &str) {
+        if self.decisions.len() == RECENT_DECISIONS {
+            self.decisions.pop_front();
+        }
+        self.decisions.push_back(DecisionRecord {
+            at_unix_ms: unix_ms_now(),
+            cluster: cluster.to_string(),
+            node: node.to_string(),
+            outcome: outcome.to_string(),
+            reason: reason.to_string(),
+        });
+        self.events += 1;
     }
 
     fn entry_for_load(
@@ -805,6 +902,7 @@ impl State {
                 self.remove_entry(&cluster, &node, last_refresh.unwrap_or(deadline))
             {
                 n_expired += 1;
+                metrics::counter!("rollcall_expiries_total").increment(1);
                 tracing::info!(
                     cluster,
                     node,

@@ -345,6 +345,8 @@ fn run_flusher(db: sled::Db, requests: mpsc::Receiver<FlushReply>, stats: Arc<Fl
         let started = Instant::now();
         let result = db.flush().map(|_| ()).map_err(StoreError::from);
         let took = started.elapsed();
+        metrics::histogram!("rollcall_storage_flush_seconds").record(took.as_secs_f64());
+        metrics::histogram!("rollcall_storage_flush_batch_size").record(batch.len() as f64);
         if took > Duration::from_millis(200) {
             tracing::warn!(
                 took_ms = took.as_millis() as u64,

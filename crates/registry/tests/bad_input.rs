@@ -45,7 +45,14 @@ async fn snapshot(reg: &TestRegistry) -> Value {
 }
 
 /// (method, path, content type, body, expected status, expected code)
-type BadCase = (Method, String, Option<&'static str>, String, u16, &'static str);
+type BadCase = (
+    Method,
+    String,
+    Option<&'static str>,
+    String,
+    u16,
+    &'static str,
+);
 
 #[tokio::test]
 async fn thirty_bad_inputs_each_get_their_4xx_and_change_nothing() {
