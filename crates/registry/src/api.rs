@@ -433,7 +433,7 @@ async fn wait_for_change(state: &AppState, cluster: &str, index: u64, wait: Dura
 async fn events(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = WatchStream::new(state.registry.subscribe())
+    let stream = WatchStream::from_changes(state.registry.subscribe())
         .map(|version| Ok(Event::default().event("change").data(version.to_string())))
         .take_until(state.shutdown.clone().cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::default())

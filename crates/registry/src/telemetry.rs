@@ -36,7 +36,7 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
                         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
                     )
                 });
-            match builder.and_then(|b| b.install_recorder().map_err(Into::into)) {
+            match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => Some(handle),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot install the Prometheus recorder; /metrics will be empty");

@@ -1,0 +1,280 @@
+//! What operators and watching tools use: blocking reads, `/metrics`, the event stream.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{after_grace, TestRegistry, FAST};
+use rollcall_protocol::{
+    ClaimRequest, HeartbeatRequest, MemberRole, MembersResponse, INDEX_HEADER,
+};
+
+fn hb(address: &str) -> HeartbeatRequest {
+    HeartbeatRequest {
+        address: address.into(),
+        role: MemberRole::Server,
+        status: None,
+        meta: BTreeMap::new(),
+    }
+}
+
+async fn watch(
+    reg: &TestRegistry,
+    cluster: &str,
+    index: u64,
+    wait: &str,
+) -> (Duration, MembersResponse, u64) {
+    let started = Instant::now();
+    let resp = reqwest::get(format!(
+        "{}/v1/clusters/{cluster}/members?index={index}&wait={wait}",
+        reg.url()
+    ))
+    .await
+    .expect("watch");
+    assert_eq!(resp.status(), 200);
+    let header: u64 = resp.headers()[INDEX_HEADER]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("number");
+    let body: MembersResponse = resp.json().await.expect("json");
+    (started.elapsed(), body, header)
+}
+
+#[tokio::test]
+async fn watch_returns_at_once_on_a_stale_index() {
+    let reg = TestRegistry::start(FAST).await;
+    reg.client()
+        .heartbeat("w", "n1", &hb("10.0.0.1:1"))
+        .await
+        .expect("register");
+    let current = reg.client().members("w", None).await.expect("list").index;
+    let (took, body, header) = watch(&reg, "w", current - 1, "10s").await;
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+    assert_eq!(body.index, current);
+    assert_eq!(header, current);
+}
+
+#[tokio::test]
+async fn watch_blocks_on_the_current_index_until_the_wait_ends() {
+    let reg = TestRegistry::start(&[
+        "--ttl",
+        "60s",
+        "--interval",
+        "1s",
+        "--startup-grace",
+        "1s",
+        "--quiet-period",
+        "1s",
+    ])
+    .await;
+    reg.client()
+        .heartbeat("w", "n1", &hb("10.0.0.1:1"))
+        .await
+        .expect("register");
+    let current = reg.client().members("w", None).await.expect("list").index;
+    // Renewals and changes in other clusters do not end the wait.
+    let c = reg.client();
+    let noise = tokio::spawn(async move {
+        for i in 0..10 {
+            let _ = c.heartbeat("w", "n1", &hb("10.0.0.1:1")).await;
+            let _ = c
+                .heartbeat("other", &format!("x{i}"), &hb("10.0.0.9:1"))
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let (took, body, _) = watch(&reg, "w", current, "1500ms").await;
+    noise.abort();
+    assert!(
+        took >= Duration::from_millis(1450),
+        "returned after {took:?} though nothing changed"
+    );
+    assert!(took < Duration::from_millis(3000), "took {took:?}");
+    assert_eq!(body.index, current);
+}
+
+#[tokio::test]
+async fn watch_returns_within_a_second_of_a_change() {
+    let reg = TestRegistry::start(FAST).await;
+    reg.client()
+        .heartbeat("w", "n1", &hb("10.0.0.1:1"))
+        .await
+        .expect("register");
+    let current = reg.client().members("w", None).await.expect("list").index;
+    let c = reg.client();
+    let changed_at = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        c.heartbeat("w", "n2", &hb("10.0.0.2:1"))
+            .await
+            .expect("register n2");
+        Instant::now()
+    });
+    let started = Instant::now();
+    let (_, body, _) = watch(&reg, "w", current, "30s").await;
+    let returned = Instant::now();
+    let changed_at = changed_at.await.expect("task");
+    assert!(returned - started < Duration::from_secs(5));
+    assert!(returned.saturating_duration_since(changed_at) < Duration::from_secs(1));
+    assert!(body.index > current);
+    assert!(body.members.iter().any(|m| m.node == "n2"));
+}
+
+#[tokio::test]
+async fn watch_wakes_on_expiry() {
+    let reg = TestRegistry::start(FAST).await;
+    reg.client()
+        .heartbeat("w", "n1", &hb("10.0.0.1:1"))
+        .await
+        .expect("register");
+    let current = reg.client().members("w", None).await.expect("list").index;
+    let (took, body, _) = watch(&reg, "w", current, "10s").await;
+    assert!(body.members.is_empty(), "the wake-up was the expiry");
+    assert!(took < Duration::from_secs(3), "TTL is 2s; took {took:?}");
+}
+
+#[tokio::test]
+async fn bad_watch_parameters_are_refused() {
+    let reg = TestRegistry::start(FAST).await;
+    for q in [
+        "index=x",
+        "index=1&wait=forever",
+        "index=1&wait=11m",
+        "index=-1",
+    ] {
+        let resp = reqwest::get(format!("{}/v1/clusters/w/members?{q}", reg.url()))
+            .await
+            .expect("get");
+        assert_eq!(resp.status(), 400, "{q}");
+    }
+}
+
+/// Reads a counter or gauge from Prometheus text; 0 when the series is absent.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .map(|v| v.trim().parse::<f64>().expect("number"))
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_counters_move_with_the_traffic() {
+    let reg = TestRegistry::start(FAST).await;
+    after_grace(&reg).await;
+    let scrape = || async {
+        reqwest::get(format!("{}/metrics", reg.url()))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text")
+    };
+    let before = scrape().await;
+    let c = reg.client();
+    for i in 0..5 {
+        c.heartbeat("m", &format!("n{i}"), &hb(&format!("10.0.0.{i}:1")))
+            .await
+            .expect("register");
+    }
+    for _ in 0..3 {
+        c.heartbeat("m", "n0", &hb("10.0.0.0:1"))
+            .await
+            .expect("renew");
+    }
+    c.claim(
+        "fresh",
+        &ClaimRequest {
+            node: "a".into(),
+            address: "a:1".into(),
+            expect: 3,
+            agent_only: false,
+        },
+    )
+    .await
+    .expect("claim");
+    c.claim(
+        "fresh",
+        &ClaimRequest {
+            node: "b".into(),
+            address: "b:1".into(),
+            expect: 3,
+            agent_only: false,
+        },
+    )
+    .await
+    .expect("claim");
+    c.leave("m", "n4").await.expect("leave");
+    let _ = reqwest::get(format!("{}/v1/clusters/m/members?role=nobody", reg.url())).await;
+    let after = scrape().await;
+
+    let delta = |series: &str| metric(&after, series) - metric(&before, series);
+    assert_eq!(
+        delta(r#"rollcall_heartbeats_total{result="registered"}"#),
+        5.0
+    );
+    assert_eq!(delta(r#"rollcall_heartbeats_total{result="renewed"}"#), 3.0);
+    assert_eq!(delta(r#"rollcall_claims_total{result="bootstrap"}"#), 1.0);
+    assert_eq!(delta(r#"rollcall_claims_total{result="server"}"#), 1.0);
+    assert_eq!(delta("rollcall_leaves_total"), 1.0);
+    assert_eq!(
+        delta(
+            r#"rollcall_http_requests_total{method="PUT",route="/v1/clusters/{cluster}/members/{node}",status="200"}"#
+        ),
+        8.0
+    );
+    assert_eq!(
+        delta(
+            r#"rollcall_http_requests_total{method="GET",route="/v1/clusters/{cluster}/members",status="400"}"#
+        ),
+        1.0
+    );
+    assert_eq!(metric(&after, r#"rollcall_live_members{cluster="m"}"#), 4.0);
+    assert!(
+        metric(&after, "rollcall_storage_flush_seconds_count") >= 8.0,
+        "every registration and claim waited for a flush"
+    );
+    assert!(after.contains("rollcall_http_request_duration_seconds_bucket"));
+
+    // Expiry is counted too (TTL 2s).
+    let expired = common::eventually(Duration::from_secs(4), || async {
+        let text = scrape().await;
+        (metric(&text, "rollcall_expiries_total") - metric(&before, "rollcall_expiries_total")
+            >= 4.0)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        expired.is_some(),
+        "four members should have expired and been counted"
+    );
+}
+
+#[tokio::test]
+async fn the_event_stream_announces_changes() {
+    let reg = TestRegistry::start(FAST).await;
+    let mut resp = reqwest::get(format!("{}/v1/events", reg.url()))
+        .await
+        .expect("events");
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let c = reg.client();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.heartbeat("e", "n1", &hb("10.0.0.1:1"))
+            .await
+            .expect("register");
+    });
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !seen.contains("event: change") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let chunk = tokio::time::timeout(left, resp.chunk())
+            .await
+            .expect("an event within 3s")
+            .expect("chunk");
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("stream open")));
+    }
+}
