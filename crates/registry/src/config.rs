@@ -23,6 +23,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CLUSTERS: usize = 10_000;
 pub const DEFAULT_MAX_MEMBERS_PER_CLUSTER: usize = 10_000;
 pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,6 +108,18 @@ pub struct ServeArgs {
     /// Most members (and claimants) one cluster holds.
     #[arg(long, env = "ROLLCALL_MAX_MEMBERS_PER_CLUSTER", default_value_t = DEFAULT_MAX_MEMBERS_PER_CLUSTER)]
     pub max_members_per_cluster: usize,
+    /// Most open connections; one more is answered 503 and closed.
+    #[arg(long, env = "ROLLCALL_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// A client must send its request headers within this time (and finish a TLS handshake).
+    #[arg(long, env = "ROLLCALL_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// PEM certificate chain: serve HTTPS instead of HTTP (with --tls-key).
+    #[arg(long, env = "ROLLCALL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "ROLLCALL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// sled's page cache, in bytes.
     #[arg(long, env = "ROLLCALL_CACHE_BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
     pub cache_bytes: u64,
@@ -124,6 +138,10 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub cache_bytes: u64,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    /// Certificate and key paths, when the registry serves HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A setting that cannot work, said in one line.
@@ -165,6 +183,12 @@ impl ServeArgs {
         }
         if self.max_body_bytes < 1024 {
             return err("--max-body-bytes must be at least 1024".into());
+        }
+        if self.max_connections == 0 {
+            return err("--max-connections must be at least 1".into());
+        }
+        if self.header_read_timeout.is_zero() {
+            return err("--header-read-timeout must be above zero".into());
         }
         if self.max_clusters == 0 || self.max_members_per_cluster == 0 {
             return err("--max-clusters and --max-members-per-cluster must be at least 1".into());
@@ -211,6 +235,9 @@ impl ServeArgs {
             request_timeout: self.request_timeout,
             max_body_bytes: self.max_body_bytes,
             cache_bytes: self.cache_bytes,
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            tls: self.tls_cert.zip(self.tls_key),
         })
     }
 }

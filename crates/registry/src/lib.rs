@@ -11,10 +11,11 @@ pub mod auth;
 pub mod config;
 pub mod dashboard;
 pub mod membership;
+pub mod serve;
 pub mod store;
 pub mod telemetry;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use tokio::net::TcpListener;
 use crate::api::{AppState, HttpLimits};
 use crate::config::Config;
 use crate::membership::Registry;
+use crate::serve::ServeOptions;
 use crate::store::Store;
 
 /// How often the sweeper looks for expired members. Reads filter by deadline anyway, so this
@@ -46,12 +48,16 @@ pub fn open_registry(config: &Config) -> anyhow::Result<Arc<Registry>> {
 }
 
 /// Serves the registry on `listener` until `shutdown` completes, then drains in-flight
-/// requests for at most `config.shutdown_timeout` and flushes storage.
+/// requests for at most `config.shutdown_timeout` and flushes storage last.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(serve::load_tls(cert, key)?),
+        None => None,
+    };
     let registry = open_registry(&config)?;
     crate::telemetry::prometheus();
     let stop_streams = tokio_util::sync::CancellationToken::new();
@@ -77,6 +83,7 @@ pub async fn run(
         interval = %humantime::format_duration(config.timing.interval),
         startup_grace = %humantime::format_duration(config.timing.startup_grace),
         quiet_period = %humantime::format_duration(config.timing.quiet_period),
+        scheme = if tls.is_some() { "https" } else { "http" },
         writes = if config.tokens.is_open() { "open (no token configured)" } else { "need a bearer token" },
         "rollcall-registry serving"
     );
@@ -91,45 +98,25 @@ pub async fn run(
         }
     });
 
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                stop_streams.cancel();
-                let _ = drain_tx.send(());
-            })
-            .into_future(),
-    );
-    tokio::pin!(server);
-    let result = tokio::select! {
-        res = &mut server => res,
-        _ = async {
-            // Only once shutdown has begun does the drain timeout start.
-            if drain_rx.await.is_ok() {
-                tracing::info!(timeout = %humantime::format_duration(config.shutdown_timeout), "shutting down: draining in-flight requests");
-                tokio::time::sleep(config.shutdown_timeout).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        } => {
-            tracing::warn!("in-flight requests did not finish within the shutdown timeout; closing them");
-            server.abort();
-            Ok(Ok(()))
-        }
+    let options = ServeOptions {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+        drain_timeout: config.shutdown_timeout,
+        tls,
     };
+    serve::serve(listener, app, options, async move {
+        shutdown.await;
+        // Long polls and event streams end now, so that they do not hold the drain open.
+        stop_streams.cancel();
+    })
+    .await;
     sweeper.abort();
     registry
         .store()
         .flush_blocking()
         .context("final storage flush failed")?;
     tracing::info!("storage flushed; bye");
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(anyhow::Error::new(e).context("HTTP server failed")),
-        Err(e) if e.is_cancelled() => Ok(()),
-        Err(e) => Err(anyhow::Error::new(e).context("HTTP server task failed")),
-    }
+    Ok(())
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -284,21 +284,48 @@ async fn the_grafana_dashboard_only_uses_metrics_the_registry_exports() {
     let reg = TestRegistry::start(FAST).await;
     after_grace(&reg).await;
     let c = reg.client();
-    c.heartbeat("g", "n1", &hb("10.0.0.1:1")).await.expect("register");
-    c.heartbeat("g", "n1", &hb("10.0.0.1:1")).await.expect("renew");
-    c.claim("g2", &ClaimRequest { node: "a".into(), address: "a:1".into(), expect: 1, agent_only: false }).await.expect("claim");
+    c.heartbeat("g", "n1", &hb("10.0.0.1:1"))
+        .await
+        .expect("register");
+    c.heartbeat("g", "n1", &hb("10.0.0.1:1"))
+        .await
+        .expect("renew");
+    c.claim(
+        "g2",
+        &ClaimRequest {
+            node: "a".into(),
+            address: "a:1".into(),
+            expect: 1,
+            agent_only: false,
+        },
+    )
+    .await
+    .expect("claim");
     c.leave("g", "n1").await.expect("leave");
-    c.heartbeat("g", "n2", &hb("10.0.0.2:1")).await.expect("register");
+    c.heartbeat("g", "n2", &hb("10.0.0.2:1"))
+        .await
+        .expect("register");
     // Wait for n2 to expire, so the expiry counter exists.
     tokio::time::sleep(Duration::from_millis(2600)).await;
-    let scrape = reqwest::get(format!("{}/metrics", reg.url())).await.expect("scrape").text().await.expect("text");
-    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/grafana/rollcall.json")).expect("dashboard json");
+    let scrape = reqwest::get(format!("{}/metrics", reg.url()))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/grafana/rollcall.json"
+    ))
+    .expect("dashboard json");
     let _: serde_json::Value = serde_json::from_str(&dashboard).expect("valid JSON");
     let mut names: Vec<&str> = dashboard
         .match_indices("rollcall_")
         .map(|(i, _)| {
             let rest = &dashboard[i..];
-            let end = rest.find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_')).unwrap_or(rest.len());
+            let end = rest
+                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                .unwrap_or(rest.len());
             &rest[..end]
         })
         .filter(|n| n.len() > "rollcall_".len() && *n != "rollcall_registry")
@@ -307,6 +334,9 @@ async fn the_grafana_dashboard_only_uses_metrics_the_registry_exports() {
     names.dedup();
     assert!(names.len() >= 8, "{names:?}");
     for name in names {
-        assert!(scrape.contains(name), "the dashboard uses {name}, which /metrics does not export");
+        assert!(
+            scrape.contains(name),
+            "the dashboard uses {name}, which /metrics does not export"
+        );
     }
 }

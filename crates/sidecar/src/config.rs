@@ -333,7 +333,11 @@ fn split_advertise(advertise: &str, default_port: u16) -> Result<(String, u16), 
     };
     let port = match port {
         None => default_port,
-        Some(port) => port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad)?,
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(bad)?,
     };
     Ok((host, port))
 }
@@ -393,7 +397,14 @@ mod tests {
             ("[::1]:4000", "etcd", "[::1]:4000"),
         ] {
             let settings = Settings::from_args(
-                &common(&["--registry", "http://r", "--engine", engine, "--advertise", given]),
+                &common(&[
+                    "--registry",
+                    "http://r",
+                    "--engine",
+                    engine,
+                    "--advertise",
+                    given,
+                ]),
                 vec![],
                 Some("n1".into()),
                 None,
@@ -411,9 +422,13 @@ mod tests {
             vec!["--registry", "r:7400", "--advertise", "a"],
             vec!["--advertise", "a", "--cluster", "bad name"],
             vec!["--advertise", "a", "--expect", "0"],
-            vec!["--advertise", "a", "--node", "-x"],
+            vec!["--advertise", "a", "--node=-x"],
         ] {
-            let mut full = vec!["--registry", "http://r"];
+            let mut full = if args.contains(&"--registry") {
+                vec![]
+            } else {
+                vec!["--registry", "http://r"]
+            };
             full.extend(args.iter());
             let result = Settings::from_args(&common(&full), vec![], Some("n1".into()), None);
             assert!(result.is_err(), "{args:?}");

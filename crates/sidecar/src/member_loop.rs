@@ -55,7 +55,11 @@ impl MemberLoop {
                     healthy = true;
                     ever_healthy = true;
                     let status = self.engine.status(self.role).await;
-                    match self.registry.heartbeat(self.role, status, self.engine.meta()).await {
+                    match self
+                        .registry
+                        .heartbeat(self.role, status, self.engine.meta())
+                        .await
+                    {
                         Ok(answer) => {
                             if answer.registered {
                                 info!("the registry registered this member (it did not know it, or it had expired)");
@@ -125,7 +129,10 @@ mod tests {
     fn jitter_never_delays_past_the_interval() {
         for _ in 0..1000 {
             let d = jittered(Duration::from_secs(1));
-            assert!(d <= Duration::from_secs(1) && d >= Duration::from_millis(800), "{d:?}");
+            assert!(
+                d <= Duration::from_secs(1) && d >= Duration::from_millis(800),
+                "{d:?}"
+            );
         }
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rollcall_protocol::{
-    AgentStatus, ClaimRequest, ClaimResponse, ClientError, ErrorCode, HeartbeatRequest, HeartbeatResponse,
-    MemberRole, RegistryClient,
+    AgentStatus, ClaimRequest, ClaimResponse, ClientError, ErrorCode, HeartbeatRequest,
+    HeartbeatResponse, MemberRole, RegistryClient,
 };
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -42,7 +42,11 @@ impl Registry {
             .build()
             .map_err(|e| Exit::new(EXIT_INTERNAL, format!("cannot build the HTTP client: {e}")))?;
         Ok(Registry {
-            client: RegistryClient::with_http_client(settings.registry_url.clone(), settings.token.clone(), http),
+            client: RegistryClient::with_http_client(
+                settings.registry_url.clone(),
+                settings.token.clone(),
+                http,
+            ),
             cluster: settings.cluster.clone(),
             node: settings.node.clone(),
             address: settings.advertise_address(),
@@ -79,8 +83,15 @@ impl Registry {
         loop {
             match self.claim_once().await {
                 Ok(claim) => return Ok(claim),
-                Err(ClientError::Api { code: ErrorCode::NotReady, retry_after, message, .. }) => {
-                    let wait = retry_after.filter(|w| !w.is_zero()).unwrap_or(NOT_READY_DEFAULT_WAIT);
+                Err(ClientError::Api {
+                    code: ErrorCode::NotReady,
+                    retry_after,
+                    message,
+                    ..
+                }) => {
+                    let wait = retry_after
+                        .filter(|w| !w.is_zero())
+                        .unwrap_or(NOT_READY_DEFAULT_WAIT);
                     info!(wait = ?wait, %message, "the registry is not ready to grant roles yet; waiting as it asked");
                     unreachable_since = None;
                     backoff = REGISTRY_BACKOFF_START;
@@ -106,8 +117,18 @@ impl Registry {
     /// The live servers' addresses other than this node's, or `None` when the registry
     /// cannot tell right now.
     pub async fn live_server_addresses(&self) -> Option<Vec<String>> {
-        match self.client.join_targets(&self.cluster, Some(MemberRole::Server)).await {
-            Ok(targets) => Some(targets.addresses.into_iter().filter(|a| *a != self.address).collect()),
+        match self
+            .client
+            .join_targets(&self.cluster, Some(MemberRole::Server))
+            .await
+        {
+            Ok(targets) => Some(
+                targets
+                    .addresses
+                    .into_iter()
+                    .filter(|a| *a != self.address)
+                    .collect(),
+            ),
             Err(error) => {
                 warn!(%error, "cannot read the live servers from the registry");
                 None
@@ -127,14 +148,20 @@ impl Registry {
             status,
             meta,
         };
-        self.client.heartbeat(&self.cluster, &self.node, &request).await
+        self.client
+            .heartbeat(&self.cluster, &self.node, &request)
+            .await
     }
 
     /// Removes this node from the registry, within [`LEAVE_TIMEOUT`]; failures are logged.
     pub async fn leave(&self) {
-        match tokio::time::timeout(LEAVE_TIMEOUT, self.client.leave(&self.cluster, &self.node)).await {
+        match tokio::time::timeout(LEAVE_TIMEOUT, self.client.leave(&self.cluster, &self.node))
+            .await
+        {
             Ok(Ok(())) => info!("left the registry"),
-            Ok(Err(error)) => warn!(%error, "could not leave the registry; the entry expires after its TTL"),
+            Ok(Err(error)) => {
+                warn!(%error, "could not leave the registry; the entry expires after its TTL")
+            }
             Err(_) => warn!("leaving the registry timed out; the entry expires after its TTL"),
         }
     }

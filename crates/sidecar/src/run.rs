@@ -15,7 +15,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use rollcall_protocol::GrantedRole;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 
 use crate::config::Settings;
 use crate::engine::{Engine, StartPlan};
@@ -39,41 +39,33 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
         }
     };
 
-    let (stop_loop, stop_receiver) = watch::channel(false);
-    let member_loop = tokio::spawn(
-        MemberLoop {
-            engine: engine.clone(),
-            registry: registry.clone(),
-            role: decision.plan.member_role(),
-            granted: decision.granted,
-            interval: decision.interval,
-        }
-        .run(stop_receiver),
-    );
-    let stop_member_loop = || async {
-        let _ = stop_loop.send(true);
-        let _ = (&mut *Box::new(member_loop)).await;
-    };
+    let mut member_loop = RunningLoop::start(MemberLoop {
+        engine: engine.clone(),
+        registry: registry.clone(),
+        role: decision.plan.member_role(),
+        granted: decision.granted,
+        interval: decision.interval,
+    });
 
     let command = tokio::select! {
         command = engine.prepare(&decision.plan, &registry) => command,
         signal = signals.recv_stop() => {
             info!(signal = %signal, "stopped while preparing the agent");
-            stop_member_loop().await;
+            member_loop.stop().await;
             return Ok(EXIT_SIGNAL_BASE + signal as i32);
         }
     };
     let command = match command {
         Ok(command) => command,
         Err(exit) => {
-            stop_member_loop().await;
+            member_loop.stop().await;
             return Err(exit);
         }
     };
     let mut agent = match Agent::spawn(&command, exits) {
         Ok(agent) => agent,
         Err(exit) => {
-            stop_member_loop().await;
+            member_loop.stop().await;
             return Err(exit);
         }
     };
@@ -82,7 +74,7 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
         tokio::select! {
             code = agent.wait() => {
                 info!(code, "the agent exited; leaving the registry");
-                stop_member_loop().await;
+                member_loop.stop().await;
                 registry.leave().await;
                 return Ok(code);
             }
@@ -92,7 +84,7 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
                     continue;
                 }
                 info!(signal = %signal, timeout = ?settings.stop_timeout, "stopping: forwarded the signal, leaving the registry, waiting for the agent");
-                stop_member_loop().await;
+                member_loop.stop().await;
                 let (code, ()) = tokio::join!(
                     wait_forwarding(&mut agent, &mut signals, settings.stop_timeout),
                     registry.leave(),
@@ -100,6 +92,32 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
                 info!(code, "the agent stopped");
                 return Ok(code);
             }
+        }
+    }
+}
+
+/// The member loop's task and the switch that ends it.
+struct RunningLoop {
+    stop: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningLoop {
+    fn start(member_loop: MemberLoop) -> RunningLoop {
+        let (stop, stop_receiver) = watch::channel(false);
+        RunningLoop {
+            stop,
+            task: Some(tokio::spawn(
+                member_loop.run(stop_receiver).in_current_span(),
+            )),
+        }
+    }
+
+    /// Ends the loop, so that no heartbeat follows the leave.
+    async fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
         }
     }
 }
@@ -130,7 +148,11 @@ struct Decision {
     interval: Duration,
 }
 
-async fn decide(engine: &Engine, registry: &Registry, settings: &Settings) -> Result<Decision, Exit> {
+async fn decide(
+    engine: &Engine,
+    registry: &Registry,
+    settings: &Settings,
+) -> Result<Decision, Exit> {
     if engine.has_raft_state() {
         info!(
             data_dir = %settings.data_dir.display(),
@@ -144,7 +166,9 @@ async fn decide(engine: &Engine, registry: &Registry, settings: &Settings) -> Re
             interval: FALLBACK_HEARTBEAT_INTERVAL,
         });
     }
-    let claim = registry.claim_at_start(settings.registry_retry_limit).await?;
+    let claim = registry
+        .claim_at_start(settings.registry_retry_limit)
+        .await?;
     let join: Vec<String> = claim.join.iter().map(|t| t.address.clone()).collect();
     info!(
         role = %claim.role,

@@ -19,10 +19,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument as _};
 
 use crate::engine::AgentCommand;
-use crate::exit::{Exit, EXIT_AGENT_NOT_EXECUTABLE, EXIT_AGENT_NOT_FOUND, EXIT_INTERNAL, EXIT_SIGNAL_BASE};
+use crate::exit::{
+    Exit, EXIT_AGENT_NOT_EXECUTABLE, EXIT_AGENT_NOT_FOUND, EXIT_INTERNAL, EXIT_SIGNAL_BASE,
+};
 
 /// The reaper's safety net when a SIGCHLD was merged with another one.
 const REAP_TICK: Duration = Duration::from_millis(500);
@@ -31,20 +33,32 @@ const REAP_TICK: Duration = Duration::from_millis(500);
 pub type Exits = HashMap<i32, i32>;
 
 /// Starts the reaper. Call it before spawning anything.
+///
+/// Outside a container the sidecar is not PID 1, so it also makes itself a child
+/// subreaper: processes the agent leaves behind are then handed to the sidecar, which
+/// reaps them, instead of to the host's init.
 pub fn start_reaper() -> Result<watch::Receiver<Exits>, Exit> {
+    if std::process::id() != 1 {
+        if let Err(error) = nix::sys::prctl::set_child_subreaper(true) {
+            warn!(%error, "cannot become a child subreaper; orphans of the agent go to init");
+        }
+    }
     let mut sigchld = signal(SignalKind::child())
         .map_err(|e| Exit::new(EXIT_INTERNAL, format!("cannot listen for SIGCHLD: {e}")))?;
     let (sender, receiver) = watch::channel(Exits::new());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(REAP_TICK);
-        loop {
-            tokio::select! {
-                _ = sigchld.recv() => {}
-                _ = tick.tick() => {}
+    tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(REAP_TICK);
+            loop {
+                tokio::select! {
+                    _ = sigchld.recv() => {}
+                    _ = tick.tick() => {}
+                }
+                reap_all(&sender);
             }
-            reap_all(&sender);
         }
-    });
+        .in_current_span(),
+    );
     Ok(receiver)
 }
 
@@ -115,7 +129,9 @@ impl Agent {
     /// Sends `signal` to the agent; an agent that already exited is not an error.
     pub fn signal(&self, signal: Signal) {
         match kill(self.pid, signal) {
-            Ok(()) => info!(pid = self.pid.as_raw(), signal = %signal, "sent the signal to the agent"),
+            Ok(()) => {
+                info!(pid = self.pid.as_raw(), signal = %signal, "sent the signal to the agent")
+            }
             Err(Errno::ESRCH) => debug!("the agent is already gone"),
             Err(error) => warn!(%error, signal = %signal, "could not signal the agent"),
         }
@@ -141,7 +157,11 @@ fn resolve_program(program: &str) -> Result<PathBuf, Exit> {
         vec![PathBuf::from(program)]
     } else {
         std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).map(|dir| dir.join(program)).collect())
+            .map(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join(program))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let mut found_not_executable = None;
@@ -154,14 +174,22 @@ fn resolve_program(program: &str) -> Result<PathBuf, Exit> {
         }
     }
     Err(match found_not_executable {
-        Some(path) => Exit::new(EXIT_AGENT_NOT_EXECUTABLE, format!("{} is not executable", path.display())),
-        None => Exit::new(EXIT_AGENT_NOT_FOUND, format!("agent program {program:?} not found")),
+        Some(path) => Exit::new(
+            EXIT_AGENT_NOT_EXECUTABLE,
+            format!("{} is not executable", path.display()),
+        ),
+        None => Exit::new(
+            EXIT_AGENT_NOT_FOUND,
+            format!("agent program {program:?} not found"),
+        ),
     })
 }
 
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// The signals the sidecar handles: SIGTERM and SIGINT stop, SIGHUP is only forwarded.
@@ -175,7 +203,8 @@ pub struct Signals {
 impl Signals {
     pub fn new() -> Result<Signals, Exit> {
         let listen = |kind| {
-            signal(kind).map_err(|e| Exit::new(EXIT_INTERNAL, format!("cannot listen for signals: {e}")))
+            signal(kind)
+                .map_err(|e| Exit::new(EXIT_INTERNAL, format!("cannot listen for signals: {e}")))
         };
         Ok(Signals {
             term: listen(SignalKind::terminate())?,

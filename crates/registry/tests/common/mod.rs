@@ -191,11 +191,13 @@ where
     }
 }
 
-/// Waits until the registry's startup grace (as set by `FAST`) is over.
+/// Waits until the registry's startup grace (500ms, as in `FAST` and most tests) is over, by
+/// the registry's own clock: it reports its uptime in `/health`.
 pub async fn after_grace(reg: &TestRegistry) {
-    let grace = Duration::from_millis(550);
-    let waited = reg.started_at.elapsed();
-    if waited < grace {
-        tokio::time::sleep(grace - waited).await;
+    let grace = Duration::from_millis(500);
+    let uptime = reg.client().health().await.expect("health").uptime_ms;
+    let uptime = Duration::from_millis(uptime);
+    if uptime < grace {
+        tokio::time::sleep(grace - uptime + Duration::from_millis(20)).await;
     }
 }

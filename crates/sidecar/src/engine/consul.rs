@@ -20,7 +20,13 @@ use crate::config::{is_ip_literal, Settings, CONSUL_SERF_LAN_PORT};
 use crate::exit::{Exit, EXIT_CONFIG};
 
 /// Flags the sidecar decides itself; passing them through would contradict the registry.
-const RESERVED_FLAGS: &[&str] = &["bootstrap", "bootstrap-expect", "server", "node", "data-dir"];
+const RESERVED_FLAGS: &[&str] = &[
+    "bootstrap",
+    "bootstrap-expect",
+    "server",
+    "node",
+    "data-dir",
+];
 
 #[derive(Debug)]
 pub struct ConsulEngine {
@@ -40,11 +46,16 @@ impl ConsulEngine {
         if let Some(flag) = reserved_flag(&settings.agent_args) {
             return Err(Exit::new(
                 EXIT_CONFIG,
-                format!("{flag} is decided by the registry and must not be passed through to consul"),
+                format!(
+                    "{flag} is decided by the registry and must not be passed through to consul"
+                ),
             ));
         }
         Ok(ConsulEngine {
-            program: settings.agent_bin.clone().unwrap_or_else(|| "consul".into()),
+            program: settings
+                .agent_bin
+                .clone()
+                .unwrap_or_else(|| "consul".into()),
             node: settings.node.clone(),
             data_dir: settings.data_dir.clone(),
             advertise_host: settings.advertise_host.clone(),
@@ -106,29 +117,38 @@ impl ConsulEngine {
             .await
             .ok()
             .and_then(|b| parse_agent_self(&b).ok());
-        Some(agent_status(leader.as_deref(), peers.as_deref(), agent.as_ref()))
+        Some(agent_status(
+            leader.as_deref(),
+            peers.as_deref(),
+            agent.as_ref(),
+        ))
     }
 
     pub async fn detect_role(&self) -> Option<MemberRole> {
         let agent = parse_agent_self(&self.get_text("/v1/agent/self").await.ok()?).ok()?;
-        Some(if agent.server { MemberRole::Server } else { MemberRole::Agent })
+        Some(if agent.server {
+            MemberRole::Server
+        } else {
+            MemberRole::Agent
+        })
     }
 
     async fn get_text(&self, path: &str) -> Result<String, CallError> {
         let url = format!("{}{}", self.http_base, path);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| CallError::Unreachable(format!("{url}: {e}")))?;
+        let response =
+            self.http.get(&url).send().await.map_err(|e| {
+                CallError::Unreachable(format!("{url}: {}", super::etcd::describe(&e)))
+            })?;
         let status = response.status();
         let body = response
             .text()
             .await
             .map_err(|e| CallError::Failed(format!("{url}: {e}")))?;
         if !status.is_success() {
-            return Err(CallError::Failed(format!("{url} answered {status}: {}", body.trim())));
+            return Err(CallError::Failed(format!(
+                "{url} answered {status}: {}",
+                body.trim()
+            )));
         }
         Ok(body)
     }
@@ -189,14 +209,15 @@ pub fn reserved_flag(args: &[String]) -> Option<String> {
 
 /// `GET /v1/status/leader`: a JSON string, `""` while there is no leader.
 pub fn parse_leader(body: &str) -> Result<Option<String>, String> {
-    let leader: String =
-        serde_json::from_str(body).map_err(|e| format!("/v1/status/leader is not a JSON string: {e}"))?;
+    let leader: String = serde_json::from_str(body)
+        .map_err(|e| format!("/v1/status/leader is not a JSON string: {e}"))?;
     Ok(Some(leader).filter(|l| !l.is_empty()))
 }
 
 /// `GET /v1/status/peers`: a JSON array of the voters' server RPC addresses.
 pub fn parse_peers(body: &str) -> Result<Vec<String>, String> {
-    serde_json::from_str(body).map_err(|e| format!("/v1/status/peers is not a JSON array of strings: {e}"))
+    serde_json::from_str(body)
+        .map_err(|e| format!("/v1/status/peers is not a JSON array of strings: {e}"))
 }
 
 /// The parts of `GET /v1/agent/self` the sidecar reads.
@@ -238,11 +259,12 @@ struct RawMember {
 }
 
 pub fn parse_agent_self(body: &str) -> Result<AgentSelf, String> {
-    let raw: RawAgentSelf =
-        serde_json::from_str(body).map_err(|e| format!("/v1/agent/self has an unexpected shape: {e}"))?;
+    let raw: RawAgentSelf = serde_json::from_str(body)
+        .map_err(|e| format!("/v1/agent/self has an unexpected shape: {e}"))?;
     let rpc_address = raw.member.as_ref().and_then(|m| {
-        let port = m.tags.get("port")?;
-        (raw.config.server && !m.addr.is_empty()).then(|| crate::config::join_host_port(&m.addr, port.parse().ok()?))
+        let port: u16 = m.tags.get("port")?.parse().ok()?;
+        (raw.config.server && !m.addr.is_empty())
+            .then(|| crate::config::join_host_port(&m.addr, port))
     });
     let stats_leader = raw
         .stats
@@ -259,10 +281,19 @@ pub fn parse_agent_self(body: &str) -> Result<AgentSelf, String> {
 }
 
 /// Combines the three answers into the status a heartbeat carries.
-pub fn agent_status(leader: Option<&str>, peers: Option<&[String]>, agent: Option<&AgentSelf>) -> AgentStatus {
+pub fn agent_status(
+    leader: Option<&str>,
+    peers: Option<&[String]>,
+    agent: Option<&AgentSelf>,
+) -> AgentStatus {
     let server = agent.map(|a| a.server);
     let rpc_address = agent.and_then(|a| a.rpc_address.as_deref());
-    let is_leader = match (server, agent.and_then(|a| a.stats_leader), rpc_address, leader) {
+    let is_leader = match (
+        server,
+        agent.and_then(|a| a.stats_leader),
+        rpc_address,
+        leader,
+    ) {
         (Some(false), ..) => Some(false),
         (_, Some(from_stats), ..) => Some(from_stats),
         (_, None, Some(own), Some(leader)) => Some(own == leader),
@@ -271,7 +302,9 @@ pub fn agent_status(leader: Option<&str>, peers: Option<&[String]>, agent: Optio
     };
     let in_raft = match (server, rpc_address, peers) {
         // A server is in the raft when it is a voter and there is a leader.
-        (Some(true), Some(own), Some(peers)) => Some(leader.is_some() && peers.iter().any(|p| p == own)),
+        (Some(true), Some(own), Some(peers)) => {
+            Some(leader.is_some() && peers.iter().any(|p| p == own))
+        }
         _ => Some(leader.is_some()),
     };
     AgentStatus {
@@ -283,7 +316,9 @@ pub fn agent_status(leader: Option<&str>, peers: Option<&[String]>, agent: Optio
 }
 
 pub(crate) fn dir_has_entries(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()).unwrap_or(false)
+    std::fs::read_dir(dir)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -296,7 +331,10 @@ mod tests {
             (vec!["-ui"], None),
             (vec!["-bootstrap"], Some("-bootstrap")),
             (vec!["--bootstrap=true"], Some("--bootstrap=true")),
-            (vec!["-ui", "-bootstrap-expect=5"], Some("-bootstrap-expect=5")),
+            (
+                vec!["-ui", "-bootstrap-expect=5"],
+                Some("-bootstrap-expect=5"),
+            ),
             (vec!["-server"], Some("-server")),
             (vec!["-retry-join=10.0.0.9"], None),
             (vec!["-datacenter=eu"], None),

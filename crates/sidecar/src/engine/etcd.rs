@@ -35,6 +35,10 @@ use crate::registry::Registry;
 
 /// Pause between two rounds over the join targets.
 const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// A membership call that takes longer is abandoned and the next target tried. etcd can
+/// hold a member add while an earlier membership change settles; if the add went through
+/// after all, the next attempt finds the unstarted member and reuses it.
+const MEMBERSHIP_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub struct EtcdEngine {
@@ -53,6 +57,10 @@ pub struct EtcdEngine {
     join_timeout: Duration,
     passthrough: Vec<String>,
     http: reqwest::Client,
+    /// Client URLs of voters that can promote this member once it runs as a learner: the
+    /// voters the member-add answer listed, then the join targets. A learner cannot answer
+    /// membership calls itself.
+    voters: std::sync::Mutex<Vec<String>>,
 }
 
 impl EtcdEngine {
@@ -64,26 +72,44 @@ impl EtcdEngine {
             cluster: settings.cluster.clone(),
             data_dir: settings.data_dir.clone(),
             advertise_host: settings.advertise_host.clone(),
-            listen_host: if ip { settings.advertise_host.clone() } else { "0.0.0.0".into() },
-            local_host: if ip { settings.advertise_host.clone() } else { "127.0.0.1".into() },
+            listen_host: if ip {
+                settings.advertise_host.clone()
+            } else {
+                "0.0.0.0".into()
+            },
+            local_host: if ip {
+                settings.advertise_host.clone()
+            } else {
+                "127.0.0.1".into()
+            },
             client_port: settings.advertise_port,
             peer_port: settings.etcd_peer_port,
             join_timeout: settings.join_timeout,
             passthrough: settings.agent_args.clone(),
             http,
+            voters: std::sync::Mutex::new(Vec::new()),
         }
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://{}", join_host_port(&self.advertise_host, self.peer_port))
+        format!(
+            "http://{}",
+            join_host_port(&self.advertise_host, self.peer_port)
+        )
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://{}", join_host_port(&self.advertise_host, self.client_port))
+        format!(
+            "http://{}",
+            join_host_port(&self.advertise_host, self.client_port)
+        )
     }
 
     fn local_client_url(&self) -> String {
-        format!("http://{}", join_host_port(&self.local_host, self.client_port))
+        format!(
+            "http://{}",
+            join_host_port(&self.local_host, self.client_port)
+        )
     }
 
     pub fn meta(&self) -> BTreeMap<String, String> {
@@ -111,7 +137,12 @@ impl EtcdEngine {
         }
     }
 
-    pub async fn prepare(&self, plan: &StartPlan, registry: &Registry) -> Result<AgentCommand, Exit> {
+    pub async fn prepare(
+        &self,
+        plan: &StartPlan,
+        registry: &Registry,
+    ) -> Result<AgentCommand, Exit> {
+        self.remember_voters(plan.join().iter().map(|t| format!("http://{t}")));
         let args = match plan {
             StartPlan::Bootstrap => member_args(&self.args(), Initial::New),
             StartPlan::Restart { .. } => member_args(&self.args(), Initial::FromData),
@@ -138,11 +169,18 @@ impl EtcdEngine {
     async fn wait_for_targets(&self, registry: &Registry) -> Result<Vec<String>, Exit> {
         let deadline = Instant::now() + self.join_timeout;
         loop {
-            if let Some(targets) = registry.live_server_addresses().await.filter(|t| !t.is_empty()) {
+            if let Some(targets) = registry
+                .live_server_addresses()
+                .await
+                .filter(|t| !t.is_empty())
+            {
                 return Ok(targets);
             }
             if Instant::now() >= deadline {
-                return Err(Exit::new(EXIT_JOIN_FAILED, "no live etcd server to proxy to within the join timeout"));
+                return Err(Exit::new(
+                    EXIT_JOIN_FAILED,
+                    "no live etcd server to proxy to within the join timeout",
+                ));
             }
             tokio::time::sleep(JOIN_RETRY_PAUSE).await;
         }
@@ -150,7 +188,11 @@ impl EtcdEngine {
 
     /// Adds this node as a learner through one of `join` (shuffled, retried until one
     /// answers) and returns the `--initial-cluster` value.
-    async fn add_self_as_learner(&self, join: &[String], registry: &Registry) -> Result<String, Exit> {
+    async fn add_self_as_learner(
+        &self,
+        join: &[String],
+        registry: &Registry,
+    ) -> Result<String, Exit> {
         let deadline = Instant::now() + self.join_timeout;
         let mut targets = join.to_vec();
         loop {
@@ -158,18 +200,27 @@ impl EtcdEngine {
                 info!(target = %target, "joining the etcd cluster through this member, chosen at random among the live servers");
                 match self.add_through(&target).await {
                     Ok(initial_cluster) => return Ok(initial_cluster),
-                    Err(reason) => warn!(target = %target, %reason, "member add failed; trying the next join target"),
+                    Err(reason) => {
+                        warn!(target = %target, %reason, "member add failed; trying the next join target")
+                    }
                 }
             }
             if Instant::now() >= deadline {
                 return Err(Exit::new(
                     EXIT_JOIN_FAILED,
-                    format!("no join target accepted this member within {:?}", self.join_timeout),
+                    format!(
+                        "no join target accepted this member within {:?}",
+                        self.join_timeout
+                    ),
                 ));
             }
             tokio::time::sleep(JOIN_RETRY_PAUSE).await;
             // The live servers may have changed while we tried: ask the registry again.
-            if let Some(fresh) = registry.live_server_addresses().await.filter(|t| !t.is_empty()) {
+            if let Some(fresh) = registry
+                .live_server_addresses()
+                .await
+                .filter(|t| !t.is_empty())
+            {
                 targets = fresh;
             }
         }
@@ -178,8 +229,14 @@ impl EtcdEngine {
     async fn add_through(&self, target: &str) -> Result<String, String> {
         let base = format!("http://{target}");
         let peer_url = self.peer_url();
-        let list: MemberListResponse = self.post(&base, "/v3/cluster/member/list", &serde_json::json!({})).await?;
-        if let Some(existing) = list.members.iter().find(|m| m.peer_urls.contains(&peer_url)) {
+        let list: MemberListResponse = self
+            .post(&base, "/v3/cluster/member/list", &serde_json::json!({}))
+            .await?;
+        if let Some(existing) = list
+            .members
+            .iter()
+            .find(|m| m.peer_urls.contains(&peer_url))
+        {
             if existing.name.is_empty() {
                 info!(member_id = %existing.id, "this peer URL was added earlier but never started: reusing that member instead of adding it again");
                 return Ok(initial_cluster(&list.members, &existing.id, &self.node));
@@ -188,7 +245,11 @@ impl EtcdEngine {
             // lost, so the only way back in is to replace the old member.
             warn!(member_id = %existing.id, name = %existing.name, "a member with this peer URL exists but the data directory is empty: removing it before adding this node again");
             let _: serde_json::Value = self
-                .post(&base, "/v3/cluster/member/remove", &serde_json::json!({ "ID": existing.id }))
+                .post(
+                    &base,
+                    "/v3/cluster/member/remove",
+                    &serde_json::json!({ "ID": existing.id }),
+                )
                 .await?;
         }
         let added: MemberAddResponse = self
@@ -202,14 +263,26 @@ impl EtcdEngine {
             )
             .await?;
         info!(member_id = %added.member.id, via = %target, "added this node to the etcd cluster as a learner");
-        Ok(initial_cluster(&added.members, &added.member.id, &self.node))
+        self.remember_voters(
+            added
+                .members
+                .iter()
+                .filter(|m| !m.is_learner)
+                .flat_map(|m| m.client_urls.iter().cloned())
+                .chain(std::iter::once(base)),
+        );
+        Ok(initial_cluster(
+            &added.members,
+            &added.member.id,
+            &self.node,
+        ))
     }
 
     pub async fn health(&self, role: MemberRole) -> Health {
         let url = format!("{}/health", self.local_client_url());
         let response = match self.http.get(&url).send().await {
             Ok(r) => r,
-            Err(e) => return Health::NotRunning(format!("{url}: {e}")),
+            Err(e) => return Health::NotRunning(format!("{url}: {}", describe(&e))),
         };
         let body = response.text().await.unwrap_or_default();
         if !parse_health(&body) {
@@ -231,29 +304,50 @@ impl EtcdEngine {
     }
 
     async fn local_status(&self) -> Result<StatusResponse, String> {
-        self.post(&self.local_client_url(), "/v3/maintenance/status", &serde_json::json!({}))
-            .await
+        self.post(
+            &self.local_client_url(),
+            "/v3/maintenance/status",
+            &serde_json::json!({}),
+        )
+        .await
     }
 
-    /// Promotes this learner through any voter; "in sync" errors mean "later".
+    /// Adds voter client URLs to try for the promotion, most recent first, without repeats.
+    fn remember_voters(&self, urls: impl Iterator<Item = String>) {
+        let mut voters = self
+            .voters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for url in urls {
+            voters.retain(|known| *known != url);
+            voters.insert(0, url);
+        }
+    }
+
+    /// Promotes this learner through any known voter; "not in sync" means "later".
     async fn promote(&self, member_id: &str) -> Result<(), String> {
-        let list: MemberListResponse = self
-            .post(&self.local_client_url(), "/v3/cluster/member/list", &serde_json::json!({}))
-            .await?;
-        let mut last_error = "no voter to promote this learner through".to_string();
-        for voter in list.members.iter().filter(|m| !m.is_learner && m.id != member_id) {
-            for url in &voter.client_urls {
-                let result: Result<serde_json::Value, String> = self
-                    .post(url, "/v3/cluster/member/promote", &serde_json::json!({ "ID": member_id }))
-                    .await;
-                match result {
-                    Ok(_) => {
-                        info!(%member_id, via = %url, "promoted this learner to a voting member");
-                        return Ok(());
-                    }
-                    Err(e) if e.ends_with("can only promote a learner member") => return Ok(()),
-                    Err(e) => last_error = format!("learner not promoted yet: {e}"),
+        let voters = self
+            .voters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let mut last_error = "no voter known to promote this learner through".to_string();
+        for url in &voters {
+            let result: Result<serde_json::Value, String> = self
+                .post(
+                    url,
+                    "/v3/cluster/member/promote",
+                    &serde_json::json!({ "ID": member_id }),
+                )
+                .await;
+            match result {
+                Ok(_) => {
+                    info!(%member_id, via = %url, "promoted this learner to a voting member");
+                    return Ok(());
                 }
+                // Someone (an earlier run of this sidecar) promoted it already.
+                Err(e) if e.ends_with("can only promote a learner member") => return Ok(()),
+                Err(e) => last_error = format!("learner not promoted yet: {e}"),
             }
         }
         Err(last_error)
@@ -262,31 +356,63 @@ impl EtcdEngine {
     pub async fn status(&self, role: MemberRole) -> Option<AgentStatus> {
         let status = self.local_status().await.ok()?;
         let list: Option<MemberListResponse> = self
-            .post(&self.local_client_url(), "/v3/cluster/member/list", &serde_json::json!({}))
+            .post(
+                &self.local_client_url(),
+                "/v3/cluster/member/list",
+                &serde_json::json!({}),
+            )
             .await
             .ok();
-        Some(agent_status(&status, list.as_ref().map(|l| l.members.as_slice()), role))
+        Some(agent_status(
+            &status,
+            list.as_ref().map(|l| l.members.as_slice()),
+            role,
+        ))
     }
 
-    async fn post<B: Serialize, T: serde::de::DeserializeOwned>(&self, base: &str, path: &str, body: &B) -> Result<T, String> {
+    async fn post<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T, String> {
         let url = format!("{}{}", base.trim_end_matches('/'), path);
         let response = self
             .http
             .post(&url)
+            .timeout(MEMBERSHIP_CALL_TIMEOUT)
             .json(body)
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| format!("{url}: {}", describe(&e)))?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
         if !status.is_success() {
             let message = serde_json::from_slice::<EtcdError>(&bytes)
-                .map(|e| if e.message.is_empty() { e.error } else { e.message })
+                .map(|e| {
+                    if e.message.is_empty() {
+                        e.error
+                    } else {
+                        e.message
+                    }
+                })
                 .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
             return Err(format!("{url} answered {status}: {message}"));
         }
         serde_json::from_slice(&bytes).map_err(|e| format!("{url}: unexpected answer: {e}"))
     }
+}
+
+/// An error with its causes, since reqwest's own message hides them ("error sending request").
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Everything etcd's command line depends on.
@@ -319,13 +445,23 @@ pub fn member_args(a: &EtcdArgs<'_>, initial: Initial<'_>) -> Vec<String> {
         format!("--name={}", a.node),
         format!("--data-dir={}", a.data_dir),
         format!("--listen-client-urls={}", url(a.listen_host, a.client_port)),
-        format!("--advertise-client-urls={}", url(a.advertise_host, a.client_port)),
+        format!(
+            "--advertise-client-urls={}",
+            url(a.advertise_host, a.client_port)
+        ),
         format!("--listen-peer-urls={}", url(a.listen_host, a.peer_port)),
-        format!("--initial-advertise-peer-urls={}", url(a.advertise_host, a.peer_port)),
+        format!(
+            "--initial-advertise-peer-urls={}",
+            url(a.advertise_host, a.peer_port)
+        ),
     ];
     match initial {
         Initial::New => {
-            args.push(format!("--initial-cluster={}={}", a.node, url(a.advertise_host, a.peer_port)));
+            args.push(format!(
+                "--initial-cluster={}={}",
+                a.node,
+                url(a.advertise_host, a.peer_port)
+            ));
             args.push("--initial-cluster-state=new".into());
             args.push(format!("--initial-cluster-token={}", a.cluster));
         }
@@ -344,7 +480,10 @@ pub fn gateway_args(a: &EtcdArgs<'_>, join: &[String]) -> Vec<String> {
     let mut args = vec![
         "gateway".to_string(),
         "start".to_string(),
-        format!("--listen-addr={}", join_host_port(a.listen_host, a.client_port)),
+        format!(
+            "--listen-addr={}",
+            join_host_port(a.listen_host, a.client_port)
+        ),
         format!("--endpoints={}", join.join(",")),
     ];
     args.extend(a.passthrough.iter().cloned());
@@ -355,7 +494,11 @@ pub fn gateway_args(a: &EtcdArgs<'_>, join: &[String]) -> Vec<String> {
 pub fn initial_cluster(members: &[EtcdMember], new_member_id: &str, node: &str) -> String {
     let mut entries = Vec::new();
     for member in members {
-        let name = if member.id == new_member_id { node } else { member.name.as_str() };
+        let name = if member.id == new_member_id {
+            node
+        } else {
+            member.name.as_str()
+        };
         for url in &member.peer_urls {
             entries.push(format!("{name}={url}"));
         }
@@ -369,10 +512,16 @@ pub fn parse_health(body: &str) -> bool {
     struct HealthBody {
         health: String,
     }
-    serde_json::from_str::<HealthBody>(body).map(|h| h.health == "true").unwrap_or(false)
+    serde_json::from_str::<HealthBody>(body)
+        .map(|h| h.health == "true")
+        .unwrap_or(false)
 }
 
-pub fn agent_status(status: &StatusResponse, members: Option<&[EtcdMember]>, role: MemberRole) -> AgentStatus {
+pub fn agent_status(
+    status: &StatusResponse,
+    members: Option<&[EtcdMember]>,
+    role: MemberRole,
+) -> AgentStatus {
     let has_leader = !status.leader.is_empty() && status.leader != "0";
     let leader_name = members
         .and_then(|ms| ms.iter().find(|m| m.id == status.leader))
@@ -384,7 +533,9 @@ pub fn agent_status(status: &StatusResponse, members: Option<&[EtcdMember]>, rol
         leader: leader_name,
         peers: members.map(|ms| ms.iter().filter(|m| !m.is_learner).count() as u32),
         // Through a gateway the status is the backend's, never this node's.
-        is_leader: Some(role == MemberRole::Server && has_leader && status.leader == status.header.member_id),
+        is_leader: Some(
+            role == MemberRole::Server && has_leader && status.leader == status.header.member_id,
+        ),
     }
 }
 
@@ -478,18 +629,31 @@ mod tests {
         assert!(new.contains(&"--initial-cluster-state=new".to_string()));
         assert_eq!(new.last(), Some(&extra[0]));
 
-        let existing = member_args(&args(&[]), Initial::Existing("n1=http://10.0.0.1:2380,n2=http://10.0.0.2:2380"));
+        let existing = member_args(
+            &args(&[]),
+            Initial::Existing("n1=http://10.0.0.1:2380,n2=http://10.0.0.2:2380"),
+        );
         assert!(existing.contains(&"--initial-cluster-state=existing".to_string()));
-        assert!(existing.contains(&"--initial-cluster=n1=http://10.0.0.1:2380,n2=http://10.0.0.2:2380".to_string()));
+        assert!(existing.contains(
+            &"--initial-cluster=n1=http://10.0.0.1:2380,n2=http://10.0.0.2:2380".to_string()
+        ));
 
         let restart = member_args(&args(&[]), Initial::FromData);
         assert!(!restart.iter().any(|a| a.starts_with("--initial-cluster")));
         assert!(restart.contains(&"--advertise-client-urls=http://10.0.0.2:2379".to_string()));
 
-        let gateway = gateway_args(&args(&[]), &["10.0.0.1:2379".into(), "10.0.0.3:2379".into()]);
+        let gateway = gateway_args(
+            &args(&[]),
+            &["10.0.0.1:2379".into(), "10.0.0.3:2379".into()],
+        );
         assert_eq!(
             gateway,
-            ["gateway", "start", "--listen-addr=10.0.0.2:2379", "--endpoints=10.0.0.1:2379,10.0.0.3:2379"]
+            [
+                "gateway",
+                "start",
+                "--listen-addr=10.0.0.2:2379",
+                "--endpoints=10.0.0.1:2379,10.0.0.3:2379"
+            ]
         );
     }
 
@@ -511,8 +675,17 @@ mod tests {
         )
         .expect("parse");
         let members = vec![
-            EtcdMember { id: "8645782499530242234".into(), name: "a".into(), ..Default::default() },
-            EtcdMember { id: "1438879902281274126".into(), name: "b".into(), is_learner: true, ..Default::default() },
+            EtcdMember {
+                id: "8645782499530242234".into(),
+                name: "a".into(),
+                ..Default::default()
+            },
+            EtcdMember {
+                id: "1438879902281274126".into(),
+                name: "b".into(),
+                is_learner: true,
+                ..Default::default()
+            },
         ];
         let s = agent_status(&status, Some(&members), MemberRole::Server);
         assert_eq!(s.leader.as_deref(), Some("a"));

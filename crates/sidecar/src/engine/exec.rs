@@ -33,10 +33,12 @@ impl ExecEngine {
     }
 
     pub fn command(&self, plan: &StartPlan) -> Result<AgentCommand, Exit> {
-        let (program, args) = self
-            .command
-            .split_first()
-            .ok_or_else(|| Exit::new(EXIT_CONFIG, "the exec engine needs the agent command after `--`"))?;
+        let (program, args) = self.command.split_first().ok_or_else(|| {
+            Exit::new(
+                EXIT_CONFIG,
+                "the exec engine needs the agent command after `--`",
+            )
+        })?;
         Ok(AgentCommand {
             program: program.clone(),
             args: args.to_vec(),
@@ -55,7 +57,7 @@ impl ExecEngine {
             return Health::Healthy;
         };
         match self.http.get(url).send().await {
-            Err(e) => Health::NotRunning(format!("{url}: {e}")),
+            Err(e) => Health::NotRunning(format!("{url}: {}", super::etcd::describe(&e))),
             Ok(r) if r.status().is_success() => Health::Healthy,
             Ok(r) => Health::Starting(format!("{url} answered {}", r.status())),
         }

@@ -53,7 +53,9 @@ impl StartPlan {
     pub fn join(&self) -> &[String] {
         match self {
             StartPlan::Bootstrap => &[],
-            StartPlan::Server { join } | StartPlan::Agent { join } | StartPlan::Restart { join } => join,
+            StartPlan::Server { join }
+            | StartPlan::Agent { join }
+            | StartPlan::Restart { join } => join,
         }
     }
 }
@@ -107,7 +109,11 @@ impl Engine {
 
     /// Builds the command for `plan`. etcd's `server` adds the member through a live
     /// server's API here, retrying its join targets until one answers or `join_timeout` ends.
-    pub async fn prepare(&self, plan: &StartPlan, registry: &Registry) -> Result<AgentCommand, Exit> {
+    pub async fn prepare(
+        &self,
+        plan: &StartPlan,
+        registry: &Registry,
+    ) -> Result<AgentCommand, Exit> {
         match self {
             Engine::Consul(e) => Ok(e.command(plan)),
             Engine::Etcd(e) => e.prepare(plan, registry).await,
@@ -157,7 +163,12 @@ fn agent_http_client(timeout: Duration) -> Result<reqwest::Client, Exit> {
         .connect_timeout(timeout.min(Duration::from_secs(2)))
         .no_proxy()
         .build()
-        .map_err(|e| Exit::new(crate::exit::EXIT_INTERNAL, format!("cannot build the HTTP client: {e}")))
+        .map_err(|e| {
+            Exit::new(
+                crate::exit::EXIT_INTERNAL,
+                format!("cannot build the HTTP client: {e}"),
+            )
+        })
 }
 
 /// Shuffles join targets so that a fleet does not pile onto the first live member.

@@ -1,0 +1,89 @@
+//! The one-shot subcommands: `heartbeat`, `members` and `claim`.
+//!
+//! Their answers go to stdout, one value a line, for scripts; everything else is logged
+//! to stderr.
+
+use std::io::Write;
+
+use rollcall_protocol::MemberRole;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::engine::{Engine, Health};
+use crate::exit::{
+    exit_for_registry_error, Exit, EXIT_AGENT_NOT_RUNNING, EXIT_CONFIG, EXIT_INTERNAL, EXIT_OK,
+};
+use crate::registry::Registry;
+
+/// `heartbeat`: 0 when sent, 255 when the agent is not running or not healthy (nothing is
+/// sent), 69 when the registry cannot be reached, 65 when it refuses.
+pub async fn heartbeat(settings: Settings, role: MemberRole) -> Result<i32, Exit> {
+    let engine = Engine::new(&settings)?;
+    if let Engine::Exec(exec) = &engine {
+        if !exec.has_health_url() {
+            return Err(Exit::new(
+                EXIT_CONFIG,
+                "heartbeat with the exec engine needs --health-url",
+            ));
+        }
+    }
+    let registry = Registry::new(&settings)?;
+    let role = engine.detect_role().await.unwrap_or(role);
+    match engine.health(role).await {
+        Health::Healthy => {}
+        Health::Starting(reason) | Health::NotRunning(reason) => {
+            warn!(%reason, "the agent is not running or not healthy; no heartbeat sent");
+            return Ok(EXIT_AGENT_NOT_RUNNING);
+        }
+    }
+    let status = engine.status(role).await;
+    let answer = registry
+        .heartbeat(role, status, engine.meta())
+        .await
+        .map_err(|e| exit_for_registry_error(&e))?;
+    info!(
+        registered = answer.registered,
+        ttl_ms = answer.ttl_ms,
+        interval_ms = answer.interval_ms,
+        "heartbeat sent"
+    );
+    Ok(EXIT_OK)
+}
+
+/// `members`: the cluster's join targets, one `host:port` a line.
+pub async fn members(settings: Settings, role: Option<MemberRole>) -> Result<i32, Exit> {
+    let registry = Registry::new(&settings)?;
+    let targets = registry
+        .client()
+        .join_targets(registry.cluster(), role)
+        .await
+        .map_err(|e| exit_for_registry_error(&e))?;
+    print_lines(targets.addresses.iter().map(String::as_str))?;
+    Ok(EXIT_OK)
+}
+
+/// `claim`: the granted role on the first line, then one join target a line. Like `run`,
+/// it waits out the registry's `503 not_ready` and retries an unreachable registry up to
+/// `--registry-retry-limit`.
+pub async fn claim(settings: Settings) -> Result<i32, Exit> {
+    let registry = Registry::new(&settings)?;
+    let claim = registry
+        .claim_at_start(settings.registry_retry_limit)
+        .await?;
+    info!(role = %claim.role, reason = %claim.reason, "the registry granted a role");
+    let lines =
+        std::iter::once(claim.role.as_str()).chain(claim.join.iter().map(|t| t.address.as_str()));
+    print_lines(lines)?;
+    Ok(EXIT_OK)
+}
+
+fn print_lines<'a>(lines: impl Iterator<Item = &'a str>) -> Result<(), Exit> {
+    let mut stdout = std::io::stdout().lock();
+    for line in lines {
+        writeln!(stdout, "{line}")
+            .map_err(|e| Exit::new(EXIT_INTERNAL, format!("cannot write to stdout: {e}")))?;
+    }
+    stdout
+        .flush()
+        .map_err(|e| Exit::new(EXIT_INTERNAL, format!("cannot write to stdout: {e}")))
+}

@@ -1,0 +1,30 @@
+//! rollcall's sidecar: runs a raft agent (Consul or etcd) as PID 1 of its container.
+//!
+//! It asks the registry which role to take ([`registry`]), starts the agent with the right
+//! join arguments ([`engine`]), heartbeats while the agent is healthy ([`member_loop`]),
+//! and forwards signals, reaps zombies and stops the agent within a timeout
+//! ([`supervisor`]). [`run`] ties them together; [`commands`] holds the one-shot
+//! subcommands; [`config`] parses flags and `ROLLCALL_*` variables once; [`exit`] lists the
+//! exit codes.
+
+pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod exit;
+pub mod member_loop;
+pub mod registry;
+pub mod run;
+pub mod supervisor;
+
+use config::{Command, Settings};
+use exit::Exit;
+
+/// Runs one parsed command line and returns the process's exit code.
+pub async fn dispatch(command: Command, settings: Settings) -> Result<i32, Exit> {
+    match command {
+        Command::Run(_) => run::run(settings).await,
+        Command::Heartbeat(args) => commands::heartbeat(settings, args.role.into()).await,
+        Command::Members(args) => commands::members(settings, args.role.map(Into::into)).await,
+        Command::Claim => commands::claim(settings).await,
+    }
+}
