@@ -74,6 +74,18 @@ impl std::fmt::Debug for RegistryClient {
     }
 }
 
+/// How much longer than its `wait` a blocking read may take before the client gives up.
+pub const WATCH_MARGIN: Duration = Duration::from_secs(5);
+
+/// Reads a PEM bundle of CA certificates for verifying an `https://` registry.
+pub fn load_ca_bundle(pem: &[u8]) -> Result<Vec<reqwest::Certificate>, String> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())?;
+    if certs.is_empty() {
+        return Err("the file holds no PEM certificate".into());
+    }
+    Ok(certs)
+}
+
 /// Per-request timeout unless the caller builds its own `reqwest::Client`.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -144,6 +156,33 @@ impl RegistryClient {
             .await
     }
 
+    /// A blocking read: returns when `cluster`'s index differs from `index`, or after `wait`.
+    /// The request's own timeout is `wait` plus a margin, whatever the client's default.
+    pub async fn watch_members(
+        &self,
+        cluster: &str,
+        role: Option<MemberRole>,
+        index: u64,
+        wait: Duration,
+    ) -> Result<MembersResponse, ClientError> {
+        let mut path = format!(
+            "/v1/clusters/{}/members?index={index}&wait={}ms",
+            seg(cluster),
+            wait.as_millis()
+        );
+        if let Some(role) = role {
+            path.push_str("&role=");
+            path.push_str(role.as_str());
+        }
+        self.send_with_timeout::<MembersResponse, ()>(
+            Method::GET,
+            &path,
+            None,
+            Some(wait + WATCH_MARGIN),
+        )
+        .await
+    }
+
     /// Asks which role `request.node` must start as.
     pub async fn claim(
         &self,
@@ -187,8 +226,21 @@ impl RegistryClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
+        self.send_with_timeout(method, path, body, None).await
+    }
+
+    async fn send_with_timeout<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Result<T, ClientError> {
         let url = format!("{}{}", self.base, path);
         let mut request = self.http.request(method, &url);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

@@ -50,8 +50,14 @@ pub async fn heartbeat(settings: Settings, role: MemberRole) -> Result<i32, Exit
     Ok(EXIT_OK)
 }
 
-/// `members`: the cluster's join targets, one `host:port` a line.
-pub async fn members(settings: Settings, role: Option<MemberRole>) -> Result<i32, Exit> {
+/// `members`: the cluster's join targets, one `host:port` a line. With `follow`, it keeps
+/// going: a blocking read per round, and the list again after an empty line each time the
+/// addresses change. It ends on a signal or when the registry cannot be reached.
+pub async fn members(
+    settings: Settings,
+    role: Option<MemberRole>,
+    follow: Option<std::time::Duration>,
+) -> Result<i32, Exit> {
     let registry = Registry::new(&settings)?;
     let targets = registry
         .client()
@@ -59,7 +65,25 @@ pub async fn members(settings: Settings, role: Option<MemberRole>) -> Result<i32
         .await
         .map_err(|e| exit_for_registry_error(&e))?;
     print_lines(targets.addresses.iter().map(String::as_str))?;
-    Ok(EXIT_OK)
+    let Some(wait) = follow else {
+        return Ok(EXIT_OK);
+    };
+    let mut index = targets.index;
+    let mut shown = targets.addresses;
+    loop {
+        let answer = registry
+            .client()
+            .watch_members(registry.cluster(), role, index, wait)
+            .await
+            .map_err(|e| exit_for_registry_error(&e))?;
+        index = answer.index;
+        let addresses: Vec<String> = answer.members.into_iter().map(|m| m.address).collect();
+        if addresses != shown {
+            info!(index, members = addresses.len(), "the join targets changed");
+            print_lines(std::iter::once("").chain(addresses.iter().map(String::as_str)))?;
+            shown = addresses;
+        }
+    }
 }
 
 /// `claim`: the granted role on the first line, then one join target a line. Like `run`,

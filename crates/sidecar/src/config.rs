@@ -79,6 +79,13 @@ pub struct MembersArgs {
     /// Only members of this role.
     #[arg(long, env = "ROLLCALL_ROLE", value_enum)]
     pub role: Option<RoleArg>,
+    /// Keep following the cluster: print the join targets again (after an empty line) each
+    /// time they change, using the registry's blocking reads.
+    #[arg(long)]
+    pub follow: bool,
+    /// With --follow: how long one blocking read may wait.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -132,6 +139,9 @@ pub struct CommonArgs {
     /// Bearer token for the registry.
     #[arg(long, env = "ROLLCALL_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM file of the CA certificate(s) that sign an `https://` registry's certificate.
+    #[arg(long, env = "ROLLCALL_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
     /// The cluster this node belongs to.
     #[arg(long, env = "ROLLCALL_CLUSTER", global = true, default_value = DEFAULT_CLUSTER)]
     pub cluster: String,
@@ -194,6 +204,8 @@ pub struct ConfigError(pub String);
 pub struct Settings {
     pub registry_url: String,
     pub token: Option<String>,
+    /// Extra CA certificates that verify the registry's TLS certificate.
+    pub ca_cert: Option<PathBuf>,
     pub cluster: String,
     pub node: String,
     /// The advertised host (an IP address or a DNS name) without the port.
@@ -296,6 +308,7 @@ impl Settings {
             stop_timeout: common.stop_timeout,
             request_timeout: common.request_timeout,
             agent_args,
+            ca_cert: common.ca_cert.clone(),
         })
     }
 }

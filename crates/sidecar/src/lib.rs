@@ -24,7 +24,14 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<i32, Exit>
     match command {
         Command::Run(_) => run::run(settings).await,
         Command::Heartbeat(args) => commands::heartbeat(settings, args.role.into()).await,
-        Command::Members(args) => commands::members(settings, args.role.map(Into::into)).await,
+        Command::Members(args) => {
+            commands::members(
+                settings,
+                args.role.map(Into::into),
+                args.follow.then_some(args.wait),
+            )
+            .await
+        }
         Command::Claim => commands::claim(settings).await,
     }
 }

@@ -12,7 +12,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::Settings;
-use crate::exit::{exit_for_registry_error, Exit, EXIT_INTERNAL, EXIT_REGISTRY_UNREACHABLE};
+use crate::exit::{
+    exit_for_registry_error, Exit, EXIT_CONFIG, EXIT_INTERNAL, EXIT_REGISTRY_UNREACHABLE,
+};
 
 /// First pause after the registry could not be reached; it doubles up to the maximum.
 pub const REGISTRY_BACKOFF_START: Duration = Duration::from_millis(200);
@@ -36,9 +38,24 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(settings: &Settings) -> Result<Registry, Exit> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(settings.request_timeout)
-            .connect_timeout(settings.request_timeout.min(Duration::from_secs(2)))
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(2)));
+        if let Some(path) = &settings.ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                Exit::new(
+                    EXIT_CONFIG,
+                    format!("cannot read --ca-cert {}: {e}", path.display()),
+                )
+            })?;
+            let certs = rollcall_protocol::client::load_ca_bundle(&pem).map_err(|e| {
+                Exit::new(EXIT_CONFIG, format!("--ca-cert {}: {e}", path.display()))
+            })?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| Exit::new(EXIT_INTERNAL, format!("cannot build the HTTP client: {e}")))?;
         Ok(Registry {

@@ -29,6 +29,9 @@ pub struct TestRegistry {
     _temp: Option<tempfile::TempDir>,
     args: Vec<String>,
     pub started_at: Instant,
+    /// Where the registry's log goes, when a test reads it.
+    pub log: Option<PathBuf>,
+    extra_env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -48,9 +51,37 @@ impl TestRegistry {
             _temp: Some(temp),
             args: args.iter().map(|s| s.to_string()).collect(),
             started_at: Instant::now(),
+            log: None,
+            extra_env: Vec::new(),
         };
         reg.spawn().await;
         reg
+    }
+
+    /// Starts a registry whose log (at `level`) goes to a file the test can read.
+    pub async fn start_logged(args: &[&str], level: &str) -> TestRegistry {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data_dir = temp.path().join("data");
+        let log = temp.path().join("registry.log");
+        let mut reg = TestRegistry {
+            child: None,
+            port: 0,
+            data_dir,
+            _temp: Some(temp),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            started_at: Instant::now(),
+            log: Some(log),
+            extra_env: vec![("ROLLCALL_LOG".into(), level.into())],
+        };
+        reg.spawn().await;
+        reg
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Starts a registry on an existing data directory (kept by the caller).
@@ -62,6 +93,8 @@ impl TestRegistry {
             _temp: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             started_at: Instant::now(),
+            log: None,
+            extra_env: Vec::new(),
         };
         reg.spawn().await;
         reg
@@ -82,11 +115,18 @@ impl TestRegistry {
                 .arg(&self.data_dir)
                 .args(&self.args)
                 .env("ROLLCALL_LOG", "info")
+                .envs(self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .stdout(Stdio::null())
-                .stderr(if std::env::var_os("ROLLCALL_TEST_LOGS").is_some() {
-                    Stdio::inherit()
-                } else {
-                    Stdio::null()
+                .stderr(match &self.log {
+                    Some(path) => Stdio::from(
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)
+                            .expect("open log"),
+                    ),
+                    None if std::env::var_os("ROLLCALL_TEST_LOGS").is_some() => Stdio::inherit(),
+                    None => Stdio::null(),
                 })
                 .spawn()
                 .expect("spawn rollcall-registry");
