@@ -35,7 +35,13 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
+say "schemathesis against a live registry (every check)"
+bash tests/api/schemathesis.sh
+
 if [ "${1:-}" = "--quick" ]; then
   say "--quick: Docker end-to-end tests not run"
   exit 0
 fi
+
+say "Docker end-to-end tests"
+bash tests/e2e/docker.sh

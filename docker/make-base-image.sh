@@ -67,7 +67,11 @@ eval "$(apt-config shell ROLLCALL_APT_HTTP_PROXY Acquire::http::Proxy ROLLCALL_A
 if ! command -v debootstrap >/dev/null; then
     command -v apt-get >/dev/null || die "debootstrap is missing and there is no apt-get to install it"
     say "installing debootstrap with apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1; then
+        # A fresh machine may not have read its package lists yet.
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    fi
 fi
 
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg

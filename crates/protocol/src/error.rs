@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// The body of every error response: `{"code": "...", "message": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
@@ -14,6 +15,7 @@ pub struct ErrorBody {
 
 /// Every error the registry can answer with. The wire form is the snake_case name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// A cluster name in the path or query is not a valid name (400).

@@ -8,6 +8,8 @@
 
 pub mod client;
 pub mod error;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod types;
 pub mod validate;
 

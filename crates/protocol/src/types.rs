@@ -12,6 +12,7 @@ use crate::validate::{self, NameKind, ValidationError};
 
 /// The role a member reports in its heartbeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MemberRole {
     /// A raft voter (a Consul server, an etcd member).
@@ -37,6 +38,7 @@ impl std::fmt::Display for MemberRole {
 
 /// The role a claim grants: what the node must start as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum GrantedRole {
     /// Start a brand-new raft. At most one node of a cluster holds this at a time.
@@ -74,6 +76,7 @@ impl std::fmt::Display for GrantedRole {
 /// What the agent itself says about its raft, as the sidecar read it from the agent's API.
 /// Every field is optional: an agent that cannot tell leaves it out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentStatus {
     /// Whether the agent is part of a raft with a leader.
@@ -81,9 +84,15 @@ pub struct AgentStatus {
     pub in_raft: Option<bool>,
     /// The leader the agent sees, as the agent names it (an address or a member name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::leader_schema))]
     pub leader: Option<String>,
     /// How many raft peers (voters) the agent sees, itself included.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::integral::option_u32"
+    )]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2147483647))]
     pub peers: Option<u32>,
     /// Whether this agent is the leader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,6 +101,12 @@ pub struct AgentStatus {
 
 impl AgentStatus {
     pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.peers.is_some_and(|p| p > i32::MAX as u32) {
+            return Err(ValidationError::new(
+                crate::ErrorCode::InvalidBody,
+                format!("status.peers must be at most {}", i32::MAX),
+            ));
+        }
         if let Some(leader) = &self.leader {
             if leader.len() > validate::MAX_STATUS_STRING_LEN
                 || leader.chars().any(char::is_control)
@@ -111,14 +126,21 @@ impl AgentStatus {
 
 /// `PUT /v1/clusters/{cluster}/members/{node}`: a heartbeat, carrying the whole record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// Where other members reach this one to join (`host:port`).
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::address_schema))]
     pub address: String,
     pub role: MemberRole,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::object_only"
+    )]
     pub status: Option<AgentStatus>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::metadata_schema))]
     pub meta: BTreeMap<String, String>,
 }
 
@@ -135,6 +157,7 @@ impl HeartbeatRequest {
 
 /// The answer to a heartbeat: how long the registry keeps the member and how often to renew.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
     pub cluster: String,
     pub node: String,
@@ -148,6 +171,7 @@ pub struct HeartbeatResponse {
 
 /// One live member, as the registry lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Member {
     pub node: String,
     pub address: String,
@@ -164,6 +188,7 @@ pub struct Member {
 
 /// `GET /v1/clusters/{cluster}/members`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MembersResponse {
     pub cluster: String,
     /// Changes whenever the cluster's membership changes (a member joins, leaves, expires, or
@@ -175,6 +200,7 @@ pub struct MembersResponse {
 
 /// One cluster in `GET /v1/clusters`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterSummary {
     pub cluster: String,
     pub live_members: u32,
@@ -187,18 +213,24 @@ pub struct ClusterSummary {
 
 /// `GET /v1/clusters`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClustersResponse {
     pub clusters: Vec<ClusterSummary>,
 }
 
 /// `POST /v1/clusters/{cluster}/claims`: which role should this node start as?
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name_schema))]
     pub node: String,
     /// Where other members will reach this node (`host:port`).
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::address_schema))]
     pub address: String,
     /// How many servers the raft wants (Consul's `-bootstrap-expect`).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 7))]
+    #[serde(deserialize_with = "crate::types::integral::u32")]
     pub expect: u32,
     /// Set by a node that only ever wants to be a client agent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -216,6 +248,7 @@ impl ClaimRequest {
 
 /// A join target: a live member (or a granted server that has not heartbeated yet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JoinTarget {
     pub node: String,
     pub address: String,
@@ -224,6 +257,7 @@ pub struct JoinTarget {
 
 /// The answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimResponse {
     pub cluster: String,
     pub node: String,
@@ -242,6 +276,7 @@ pub struct ClaimResponse {
 
 /// `GET /members` in JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JoinTargetsResponse {
     pub cluster: String,
     pub index: u64,
@@ -251,6 +286,7 @@ pub struct JoinTargetsResponse {
 
 /// `GET /health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthResponse {
     /// `ok`, or `failing` with the reason in `storage`.
     pub status: String,
@@ -261,6 +297,7 @@ pub struct HealthResponse {
 
 /// A claim as `GET /v1/clusters/{cluster}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimSummary {
     pub node: String,
     pub address: String,
@@ -272,6 +309,7 @@ pub struct ClaimSummary {
 
 /// The cluster's current bootstrap grant: which node was allowed to start its raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BootstrapSummary {
     pub node: String,
     pub address: String,
@@ -285,6 +323,7 @@ pub struct BootstrapSummary {
 
 /// `GET /v1/clusters/{cluster}`: the members, the claims and the bootstrap grant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterDetail {
     pub summary: ClusterSummary,
     pub index: u64,
@@ -292,4 +331,97 @@ pub struct ClusterDetail {
     pub claims: Vec<ClaimSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapSummary>,
+}
+
+/// serde reads a struct from a JSON array as well as from an object; the API documents objects
+/// only, so a nested struct given as an array is refused.
+pub(crate) fn object_only<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    match Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)? {
+        None => Ok(None),
+        Some(map) => T::deserialize(serde_json::Value::Object(map))
+            .map(Some)
+            .map_err(D::Error::custom),
+    }
+}
+
+/// JSON has one number type: `3` and `3.0` are the same integer to JSON Schema (and to the
+/// OpenAPI document), so integer fields accept a number with no fractional part.
+pub(crate) mod integral {
+    use serde::de::{Deserializer, Error, Unexpected, Visitor};
+
+    struct U32;
+
+    impl Visitor<'_> for U32 {
+        type Value = u32;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number from 0 to 4294967295")
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<u32, E> {
+            u32::try_from(v).map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<u32, E> {
+            u32::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<u32, E> {
+            if v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) {
+                Ok(v as u32)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        d.deserialize_any(U32)
+    }
+
+    pub fn option_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        struct Opt;
+        impl<'de> Visitor<'de> for Opt {
+            type Value = Option<u32>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("null or a whole number")
+            }
+            fn visit_none<E: Error>(self) -> Result<Option<u32>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: Error>(self) -> Result<Option<u32>, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<u32>, D::Error> {
+                u32(d).map(Some)
+            }
+        }
+        d.deserialize_option(Opt)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(serde::Deserialize)]
+        struct T {
+            #[serde(deserialize_with = "super::u32")]
+            n: u32,
+        }
+
+        #[test]
+        fn integral_floats_are_integers_and_the_rest_is_refused() {
+            let n = |s: &str| serde_json::from_str::<T>(s).map(|t| t.n);
+            assert_eq!(n(r#"{"n":3}"#).ok(), Some(3));
+            assert_eq!(n(r#"{"n":3.0}"#).ok(), Some(3));
+            for bad in [
+                r#"{"n":3.5}"#,
+                r#"{"n":-1}"#,
+                r#"{"n":4294967296}"#,
+                r#"{"n":"3"}"#,
+                r#"{"n":1e300}"#,
+            ] {
+                assert!(n(bad).is_err(), "{bad}");
+            }
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! `project_service_1` and people use FQDNs as node names.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use crate::error::ErrorCode;
 
@@ -25,6 +25,71 @@ pub const MAX_METADATA_VALUE_LEN: usize = 256;
 pub const MAX_EXPECT: u32 = 7;
 /// Longest string in an agent's status (the leader it reports).
 pub const MAX_STATUS_STRING_LEN: usize = 259;
+
+// The patterns below are the single source of truth: the validators match them, and the
+// registry's OpenAPI document publishes them (a test checks the two are the same), so a client
+// generated from the document accepts exactly what the registry accepts. They use only regex
+// syntax that Rust, ECMAScript and Python read alike.
+
+/// A cluster or node name: 1 to 63 ASCII letters, digits, `.`, `_` or `-`, starting and ending
+/// with a letter or a digit.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$";
+
+/// `host:port`: an IPv4 address, a DNS name whose last label starts with a letter or `_`, or a
+/// bracketed IPv6 address (without zone or embedded IPv4), then a port from 1 to 65535.
+pub const ADDRESS_PATTERN: &str = concat!(
+    "^(",
+    "((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
+    "|([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\\.)*[A-Za-z_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?",
+    "|\\[(",
+    "([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}",
+    "|([0-9a-fA-F]{1,4}:){1,7}:",
+    "|([0-9a-fA-F]{1,4}:){1,6}:[0-9a-fA-F]{1,4}",
+    "|([0-9a-fA-F]{1,4}:){1,5}(:[0-9a-fA-F]{1,4}){1,2}",
+    "|([0-9a-fA-F]{1,4}:){1,4}(:[0-9a-fA-F]{1,4}){1,3}",
+    "|([0-9a-fA-F]{1,4}:){1,3}(:[0-9a-fA-F]{1,4}){1,4}",
+    "|([0-9a-fA-F]{1,4}:){1,2}(:[0-9a-fA-F]{1,4}){1,5}",
+    "|[0-9a-fA-F]{1,4}:(:[0-9a-fA-F]{1,4}){1,6}",
+    "|:((:[0-9a-fA-F]{1,4}){1,7}|:)",
+    ")\\]",
+    "):([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$",
+);
+
+/// Text without control characters (metadata keys, the leader an agent reports).
+pub const NO_CONTROL_PATTERN: &str = "^[^\\x00-\\x1f\\x7f-\\x9f]*$";
+
+/// A blocking read's `wait`: a whole number and a unit.
+pub const WAIT_PATTERN: &str = "^[0-9]{1,9}(ms|s|m|h)$";
+
+fn compiled(
+    cell: &'static std::sync::OnceLock<regex::Regex>,
+    pattern: &str,
+) -> &'static regex::Regex {
+    // The patterns are constants checked by the tests, so compiling them cannot fail.
+    cell.get_or_init(|| regex::Regex::new(pattern).expect("a valid constant pattern"))
+}
+
+/// Whether `s` matches [`NAME_PATTERN`].
+pub fn matches_name(s: &str) -> bool {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    compiled(&RE, NAME_PATTERN).is_match(s)
+}
+
+/// Whether `s` matches [`ADDRESS_PATTERN`].
+pub fn matches_address(s: &str) -> bool {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    s.len() <= MAX_ADDRESS_LEN && compiled(&RE, ADDRESS_PATTERN).is_match(s)
+}
+
+/// Whether `s` matches [`WAIT_PATTERN`].
+pub fn matches_wait(s: &str) -> bool {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    compiled(&RE, WAIT_PATTERN).is_match(s)
+}
+
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
 
 /// Why a value was refused, with the error code the registry answers with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,6 +156,7 @@ pub fn validate_name(kind: NameKind, name: &str) -> Result<(), ValidationError> 
     if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
         return fail("must start and end with a letter or a digit".into());
     }
+    debug_assert!(matches_name(name));
     Ok(())
 }
 
@@ -109,56 +175,44 @@ pub fn validate_address(address: &str) -> Result<(), ValidationError> {
     if address.len() > MAX_ADDRESS_LEN {
         return fail("is too long");
     }
+    if !address.contains(':') {
+        return fail("has no port; expected host:port");
+    }
+    if matches_address(address) {
+        return Ok(());
+    }
+    // Say what is wrong, as precisely as the shape allows.
     let (host, port) = if let Some(rest) = address.strip_prefix('[') {
-        let Some((host, after)) = rest.split_once(']') else {
-            return fail("has an unclosed '['; expected [ipv6]:port");
-        };
-        let Some(port) = after.strip_prefix(':') else {
-            return fail("has no port; expected [ipv6]:port");
-        };
-        if host.parse::<Ipv6Addr>().is_err() {
-            return fail("has an invalid IPv6 address in brackets");
+        match rest.split_once(']') {
+            None => return fail("has an unclosed '['; expected [ipv6]:port"),
+            Some((host, after)) => match after.strip_prefix(':') {
+                None => return fail("has no port; expected [ipv6]:port"),
+                Some(port) => {
+                    if host.parse::<Ipv6Addr>().is_err() {
+                        return fail("has an invalid IPv6 address in brackets");
+                    }
+                    (host, port)
+                }
+            },
         }
-        (host, port)
     } else {
-        let Some((host, port)) = address.rsplit_once(':') else {
-            return fail("has no port; expected host:port");
-        };
-        if host.contains(':') {
-            return fail("has an IPv6 address without brackets; expected [ipv6]:port");
+        match address.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => {
+                return fail("has an IPv6 address without brackets; expected [ipv6]:port")
+            }
+            Some(pair) => pair,
+            None => return fail("has no port; expected host:port"),
         }
-        if !valid_host(host) {
-            return fail("has an invalid host; expected an IPv4 address or a DNS name");
-        }
-        (host, port)
     };
-    let _ = host;
-    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return fail("has an invalid port; expected a number from 1 to 65535");
+    if !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(p) = port.parse::<u32>() {
+            if (1..=65535).contains(&p) && !port.starts_with('0') {
+                let _ = host;
+                return fail("has a host that is neither an IPv4 address, a DNS name (whose last label starts with a letter) nor a supported [ipv6] form");
+            }
+        }
     }
-    match port.parse::<u32>() {
-        Ok(p) if (1..=65535).contains(&p) => Ok(()),
-        _ => fail("has a port outside 1 to 65535"),
-    }
-}
-
-/// An IPv4 address or a DNS name (labels of letters, digits, '-' and '_', 1 to 63 long).
-fn valid_host(host: &str) -> bool {
-    if host.is_empty() || host.len() > 253 {
-        return false;
-    }
-    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return host.parse::<Ipv4Addr>().is_ok();
-    }
-    host.split('.').all(|label| {
-        !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-    })
+    fail("has an invalid port; expected a number from 1 to 65535 without leading zeros")
 }
 
 /// Checks a member's metadata map against its bounds.
@@ -171,19 +225,19 @@ pub fn validate_metadata(meta: &BTreeMap<String, String>) -> Result<(), Validati
         ));
     }
     for (key, value) in meta {
-        if key.is_empty() || key.len() > MAX_METADATA_KEY_LEN {
+        if key.is_empty() || key.chars().count() > MAX_METADATA_KEY_LEN {
             return fail(format!(
                 "metadata key {:?} must be 1 to {MAX_METADATA_KEY_LEN} bytes",
                 truncate(key)
             ));
         }
-        if key.chars().any(|c| c.is_control()) {
+        if has_control(key) {
             return fail(format!(
                 "metadata key {:?} contains a control character",
                 truncate(key)
             ));
         }
-        if value.len() > MAX_METADATA_VALUE_LEN {
+        if value.chars().count() > MAX_METADATA_VALUE_LEN {
             return fail(format!(
                 "metadata value of {key:?} is longer than {MAX_METADATA_VALUE_LEN} bytes"
             ));
@@ -202,6 +256,17 @@ pub fn validate_expect(expect: u32) -> Result<(), ValidationError> {
             format!("expect is {expect}; it must be from 1 to {MAX_EXPECT}"),
         ))
     }
+}
+
+/// Checks the leader an agent reports: at most [`MAX_STATUS_STRING_LEN`] characters, no control.
+pub fn validate_status_text(field: &str, text: &str) -> Result<(), ValidationError> {
+    if text.chars().count() > MAX_STATUS_STRING_LEN || has_control(text) {
+        return Err(ValidationError::new(
+            ErrorCode::InvalidBody,
+            format!("{field} must be at most {MAX_STATUS_STRING_LEN} characters without control characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// Keeps error messages short when the input is huge.
@@ -282,6 +347,54 @@ mod tests {
             let err = validate_address(bad).expect_err(bad);
             assert_eq!(err.code, ErrorCode::InvalidAddress, "{bad}");
         }
+    }
+
+    #[test]
+    fn patterns_compile_and_agree_with_the_validators() {
+        for ok in ["a", "node-1", "rollcall_raft_1", "A.b"] {
+            assert!(
+                matches_name(ok) && validate_name(NameKind::Node, ok).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in ["", "-a", "a.", "a b", "é"] {
+            assert!(
+                !matches_name(bad) && validate_name(NameKind::Node, bad).is_err(),
+                "{bad}"
+            );
+        }
+        for ok in [
+            "1.2.3.4:1",
+            "[::1]:80",
+            "[2001:db8::1]:2380",
+            "etcd-1:2379",
+            "_srv.example.com:53",
+            "a:65535",
+        ] {
+            assert!(matches_address(ok), "{ok}");
+        }
+        for bad in [
+            "999.1.1.1:1",
+            "1.2.3.4:0",
+            "1.2.3.4:01",
+            "10.0.0.1x:1",
+            "[::ffff:1.2.3.4]:1",
+            "a:65536",
+        ] {
+            assert!(
+                !matches_address(bad) && validate_address(bad).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            matches_wait("30s")
+                && matches_wait("500ms")
+                && !matches_wait("1m30s")
+                && !matches_wait("5 s")
+        );
+        assert!(regex::Regex::new(NO_CONTROL_PATTERN)
+            .expect("pattern")
+            .is_match("leader-1"));
     }
 
     #[test]

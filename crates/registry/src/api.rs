@@ -21,14 +21,16 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use rollcall_protocol::openapi::name_schema;
 use rollcall_protocol::validate::NameKind;
 use rollcall_protocol::{
-    validate_name, ClaimRequest, ClustersResponse, ErrorBody, ErrorCode, HealthResponse,
-    HeartbeatRequest, JoinTargetsResponse, MemberRole, ValidationError, DEFAULT_CLUSTER,
-    INDEX_HEADER,
+    validate_name, ClaimRequest, ClaimResponse, ClusterDetail, ClustersResponse, ErrorBody,
+    ErrorCode, HealthResponse, HeartbeatRequest, HeartbeatResponse, JoinTargetsResponse, Member,
+    MemberRole, MembersResponse, ValidationError, DEFAULT_CLUSTER, INDEX_HEADER,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::auth::{Denied, Tokens};
 use crate::membership::{Durability, RefusedError, Registry};
@@ -42,10 +44,11 @@ pub struct AppState {
     /// Cancelled when shutdown begins, so that long polls and event streams end at once
     /// instead of holding the drain open.
     pub shutdown: CancellationToken,
+    /// Blocking reads wait at most this long, whatever they ask for.
+    pub max_watch_wait: Duration,
 }
 
-/// Longest wait a blocking read may ask for, and the wait when it names none (Consul's).
-pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(600);
+/// The wait of a blocking read that names none (Consul's default).
 pub const DEFAULT_WATCH_WAIT: Duration = Duration::from_secs(300);
 
 /// HTTP-level settings of the router.
@@ -66,6 +69,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         .route("/", get(dashboard_page))
         .route("/dashboard/live", get(dashboard_live))
         .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi_json))
         .route("/health", get(health))
         .route("/members", get(join_targets))
         .route("/v1/clusters", get(clusters))
@@ -236,21 +240,54 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "the body must be JSON with Content-Type: application/json".into(),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::BodyTooLarge("the body is larger than the registry accepts".into())
+                } else {
+                    ApiError::InvalidBody(e.body_text())
+                }
+            })?;
+        // serde reads a struct from a JSON array too (by position); every request body of this
+        // API is an object, so anything else is refused before it gets that far.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::InvalidBody(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(match rejection {
-                JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
-                    "the body must be JSON with Content-Type: application/json".into(),
-                ),
                 JsonRejection::JsonDataError(e) => ApiError::InvalidBody(e.body_text()),
                 JsonRejection::JsonSyntaxError(e) => ApiError::InvalidBody(e.body_text()),
-                JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    ApiError::BodyTooLarge("the body is larger than the registry accepts".into())
-                }
                 other => ApiError::InvalidBody(other.body_text()),
             }),
         }
     }
+}
+
+/// `application/json`, or any `application/*+json`, as axum's `Json` accepts.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// `Path<T>` whose rejections are [`ApiError`]s.
@@ -315,31 +352,91 @@ fn index_header(index: u64) -> [(&'static str, HeaderValue); 1] {
     [(INDEX_HEADER, HeaderValue::from(index))]
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct MembersQuery {
+    /// Only members of this role.
     role: Option<MemberRole>,
     /// Blocking read: return when the cluster's index differs from this one.
+    #[param(minimum = 0, maximum = 9223372036854775807_i64)]
     index: Option<u64>,
-    /// How long a blocking read may wait, like `30s` (default 5m, at most 10m).
+    /// How long a blocking read may wait, like `30s` (default 5m; longer waits are cut to the
+    /// registry's `--max-watch-wait`).
+    #[param(schema_with = wait_schema)]
     wait: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `{cluster}` in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the path; the handlers extract the segments as strings
+struct ClusterPath {
+    #[param(schema_with = name_schema)]
+    cluster: String,
+}
+
+/// `{cluster}` and `{node}` in a path.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documents the path; the handlers extract the segments as strings
+struct MemberPath {
+    #[param(schema_with = name_schema)]
+    cluster: String,
+    #[param(schema_with = name_schema)]
+    node: String,
+}
+
+fn wait_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(rollcall_protocol::validate::WAIT_PATTERN))
+        .description(Some("a whole number and a unit: ms, s, m or h"))
+        .build()
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct JoinQuery {
+    /// The cluster (default `default`).
+    #[param(schema_with = name_schema)]
     cluster: Option<String>,
+    /// Only members of this role.
     role: Option<MemberRole>,
+    /// `json` (default) or `text`, one host:port per line.
     format: Option<JoinFormat>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 enum JoinFormat {
     Json,
     Text,
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/clusters/{cluster}/members/{node}",
+    tag = "members",
+    summary = "Heartbeat: register or renew a member",
+    params(MemberPath),
+    request_body = HeartbeatRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "registered or renewed", body = HeartbeatResponse),
+        (status = 401, description = "a token is needed", body = ErrorBody),
+        (status = 403, description = "the token is for another cluster", body = ErrorBody),
+        (status = 429, description = "a limit was reached (members per cluster, clusters)", body = ErrorBody),
+        (status = 507, description = "the disk is full; nothing acknowledged", body = ErrorBody),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request took too long", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 415, description = "the body is not JSON", body = ErrorBody),
+        (status = 500, description = "storage failure; nothing acknowledged", body = ErrorBody),
+        (status = 503, description = "too many connections", body = ErrorBody)
+    )
+)]
 #[tracing::instrument(skip_all, fields(cluster = %cluster, node = %node))]
 async fn heartbeat(
     State(state): State<AppState>,
@@ -356,6 +453,28 @@ async fn heartbeat(
     Ok(Json(response).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/clusters/{cluster}/members/{node}",
+    tag = "members",
+    summary = "Leave: forget a member and release its claim",
+    params(MemberPath),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 204, description = "the member left"),
+        (status = 404, description = "no such member or claimant", body = ErrorBody),
+        (status = 401, description = "a token is needed", body = ErrorBody),
+        (status = 403, description = "the token is for another cluster", body = ErrorBody),
+        (status = 429, description = "a limit was reached (members per cluster, clusters)", body = ErrorBody),
+        (status = 507, description = "the disk is full; nothing acknowledged", body = ErrorBody),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request took too long", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 415, description = "the body is not JSON", body = ErrorBody),
+        (status = 500, description = "storage failure; nothing acknowledged", body = ErrorBody),
+        (status = 503, description = "too many connections", body = ErrorBody)
+    )
+)]
 #[tracing::instrument(skip_all, fields(cluster = %cluster, node = %node))]
 async fn leave(
     State(state): State<AppState>,
@@ -370,6 +489,23 @@ async fn leave(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{cluster}/members/{node}",
+    tag = "members",
+    summary = "One live member",
+    params(MemberPath),
+    responses(
+        (status = 200, description = "the member", body = Member),
+        (status = 404, description = "not a live member", body = ErrorBody),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request took too long", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 415, description = "the body is not JSON", body = ErrorBody),
+        (status = 500, description = "storage failure; nothing acknowledged", body = ErrorBody),
+        (status = 503, description = "too many connections", body = ErrorBody)
+    )
+)]
 async fn get_member(
     State(state): State<AppState>,
     ApiPath((cluster, node)): ApiPath<(String, String)>,
@@ -384,6 +520,23 @@ async fn get_member(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{cluster}/members",
+    tag = "members",
+    summary = "Live members, freshest first; a blocking read with `index` and `wait`",
+    params(ClusterPath, MembersQuery),
+    responses(
+        (status = 200, description = "the live members", body = MembersResponse,
+            headers(("x-rollcall-index" = u64, description = "the cluster's membership index"))),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request took too long", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 415, description = "the body is not JSON", body = ErrorBody),
+        (status = 500, description = "storage failure; nothing acknowledged", body = ErrorBody),
+        (status = 503, description = "too many connections", body = ErrorBody)
+    )
+)]
 async fn list_members(
     State(state): State<AppState>,
     ApiPath(cluster): ApiPath<String>,
@@ -392,21 +545,22 @@ async fn list_members(
     validate_name(NameKind::Cluster, &cluster)?;
     let wait = match query.wait.as_deref() {
         None => DEFAULT_WATCH_WAIT,
-        Some(w) => match humantime::parse_duration(w) {
-            Ok(d) if d <= MAX_WATCH_WAIT => d,
-            Ok(_) => {
-                return Err(ApiError::InvalidQuery(format!(
-                    "wait must be at most {}",
-                    humantime::format_duration(MAX_WATCH_WAIT)
-                )))
-            }
-            Err(e) => {
-                return Err(ApiError::InvalidQuery(format!(
-                    "wait {w:?} is not a duration like 30s: {e}"
-                )))
-            }
-        },
-    };
+        Some(w) if !rollcall_protocol::validate::matches_wait(w) => {
+            return Err(ApiError::InvalidQuery(format!(
+                "wait {w:?} is not a whole number and a unit (ms, s, m or h), like 30s"
+            )))
+        }
+        // Like Consul, a longer wait than allowed is cut to the maximum rather than refused.
+        Some(w) => humantime::parse_duration(w)
+            .map_err(|e| ApiError::InvalidQuery(format!("wait {w:?}: {e}")))?,
+    }
+    .min(state.max_watch_wait);
+    if query.index.is_some_and(|i| i > i64::MAX as u64) {
+        return Err(ApiError::InvalidQuery(format!(
+            "index must be at most {}",
+            i64::MAX
+        )));
+    }
     if let Some(index) = query.index {
         wait_for_change(&state, &cluster, index, wait).await;
     }
@@ -451,6 +605,18 @@ async fn dashboard_live(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics in text format",
+    responses(
+        (status = 200, description = "the metrics", body = String, content_type = "text/plain"),
+        (status = 404, description = "no recorder in this process", body = ErrorBody),
+        (status = 408, description = "the request took too long", body = ErrorBody),
+        (status = 503, description = "too many connections", body = ErrorBody)
+    )
+)]
 async fn metrics_text(State(state): State<AppState>) -> Response {
     for c in state.registry.clusters() {
         metrics::gauge!("rollcall_live_members", "cluster" => c.cluster)
@@ -471,6 +637,24 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clusters/{cluster}",
+    tag = "clusters",
+    summary = "Members, live claims and the bootstrap grant of one cluster",
+    params(ClusterPath),
+    responses(
+        (status = 200, description = "the cluster", body = ClusterDetail,
+            headers(("x-rollcall-index" = u64, description = "the cluster's membership index"))),
+        (status = 404, description = "the registry knows no such cluster", body = ErrorBody),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request took too long", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 415, description = "the body is not JSON", body = ErrorBody),
+        (status = 500, description = "storage failure; nothing acknowledged", body = ErrorBody),
+        (status = 503, description = "too many connections", body = ErrorBody)
+    )
+)]
 async fn cluster_detail(
     State(state): State<AppState>,
     ApiPath(cluster): ApiPath<String>,
@@ -484,12 +668,50 @@ async fn cluster_detail(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/clusters",
+    tag = "clusters",
+    summary = "Every cluster the registry knows",
+    responses(
+        (status = 200, description = "the clusters", body = ClustersResponse),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request took too long", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 415, description = "the body is not JSON", body = ErrorBody),
+        (status = 500, description = "storage failure; nothing acknowledged", body = ErrorBody),
+        (status = 503, description = "too many connections", body = ErrorBody)
+    )
+)]
 async fn clusters(State(state): State<AppState>) -> Json<ClustersResponse> {
     Json(ClustersResponse {
         clusters: state.registry.clusters(),
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/clusters/{cluster}/claims",
+    tag = "claims",
+    summary = "Mode determination: the role a node must start as, and its join targets",
+    params(ClusterPath),
+    request_body = ClaimRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "the role and the join targets", body = ClaimResponse),
+        (status = 503, description = "not safe to answer yet (startup grace, quiet period, a possibly running raft), or too many connections; retry after Retry-After seconds",
+            body = ErrorBody, headers(("retry-after" = u64, description = "seconds to wait"))),
+        (status = 401, description = "a token is needed", body = ErrorBody),
+        (status = 403, description = "the token is for another cluster", body = ErrorBody),
+        (status = 429, description = "a limit was reached (members per cluster, clusters)", body = ErrorBody),
+        (status = 507, description = "the disk is full; nothing acknowledged", body = ErrorBody),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request took too long", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 415, description = "the body is not JSON", body = ErrorBody),
+        (status = 500, description = "storage failure; nothing acknowledged", body = ErrorBody)
+    )
+)]
 #[tracing::instrument(skip_all, fields(cluster = %cluster))]
 async fn claim(
     State(state): State<AppState>,
@@ -505,6 +727,25 @@ async fn claim(
     Ok(Json(response).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/members",
+    tag = "members",
+    summary = "Join addresses of a cluster, as JSON or (format=text) one host:port per line",
+    params(JoinQuery),
+    responses(
+        (status = 200, description = "the addresses", content(
+            (JoinTargetsResponse = "application/json"),
+            (String = "text/plain")
+        ), headers(("x-rollcall-index" = u64, description = "the cluster's membership index"))),
+        (status = 400, description = "invalid input", body = ErrorBody),
+        (status = 408, description = "the request took too long", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 415, description = "the body is not JSON", body = ErrorBody),
+        (status = 500, description = "storage failure; nothing acknowledged", body = ErrorBody),
+        (status = 503, description = "too many connections", body = ErrorBody)
+    )
+)]
 async fn join_targets(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<JoinQuery>,
@@ -541,6 +782,19 @@ async fn join_targets(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Liveness, including that storage answers",
+    responses(
+        (status = 200, description = "healthy", body = HealthResponse),
+        (status = 503, description = "storage is failing (or too many connections)", content(
+            (HealthResponse = "application/json")
+        )),
+        (status = 408, description = "the request took too long", body = ErrorBody)
+    )
+)]
 async fn health(State(state): State<AppState>) -> Response {
     let check = state.registry.store().check();
     let body = HealthResponse {
@@ -562,6 +816,58 @@ async fn health(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body)).into_response()
+}
+
+/// The OpenAPI 3.1 document of the JSON API, generated from the handlers and the wire types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "rollcall registry", description = "The bootstrap registry of raft clusters: heartbeats, join targets and race-free mode determination."),
+    paths(heartbeat, leave, get_member, list_members, cluster_detail, clusters, claim, join_targets, health, metrics_text),
+    components(schemas(JoinFormat)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "members", description = "Heartbeats, leaves and join targets"),
+        (name = "claims", description = "Which node may start a raft"),
+        (name = "clusters", description = "What the registry knows"),
+        (name = "operations", description = "Health and metrics")
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `ApiDoc` as JSON, built once.
+pub fn openapi_document() -> &'static str {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| {
+        use utoipa::OpenApi;
+        let mut doc = ApiDoc::openapi();
+        doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+        doc.to_pretty_json().unwrap_or_else(|_| "{}".to_string())
+    })
+}
+
+async fn openapi_json() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        openapi_document(),
+    )
+        .into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

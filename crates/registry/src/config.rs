@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_MEMBERS_PER_CLUSTER: usize = 10_000;
 pub const DEFAULT_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+/// Consul's limit on a blocking query's wait.
+pub const DEFAULT_MAX_WATCH_WAIT: &str = "10m";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -120,6 +122,9 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "ROLLCALL_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Blocking reads (`?index=&wait=`) wait at most this long, whatever they ask for.
+    #[arg(long, env = "ROLLCALL_MAX_WATCH_WAIT", default_value = DEFAULT_MAX_WATCH_WAIT, value_parser = humantime::parse_duration)]
+    pub max_watch_wait: Duration,
     /// sled's page cache, in bytes.
     #[arg(long, env = "ROLLCALL_CACHE_BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
     pub cache_bytes: u64,
@@ -140,6 +145,7 @@ pub struct Config {
     pub cache_bytes: u64,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub max_watch_wait: Duration,
     /// Certificate and key paths, when the registry serves HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
@@ -237,6 +243,7 @@ impl ServeArgs {
             cache_bytes: self.cache_bytes,
             max_connections: self.max_connections,
             header_read_timeout: self.header_read_timeout,
+            max_watch_wait: self.max_watch_wait,
             tls: self.tls_cert.zip(self.tls_key),
         })
     }

@@ -65,6 +65,7 @@ pub async fn run(
         registry: registry.clone(),
         tokens: Arc::new(config.tokens.clone()),
         shutdown: stop_streams.clone(),
+        max_watch_wait: config.max_watch_wait,
     };
     let app = api::router(
         state,

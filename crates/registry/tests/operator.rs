@@ -140,7 +140,8 @@ async fn bad_watch_parameters_are_refused() {
     for q in [
         "index=x",
         "index=1&wait=forever",
-        "index=1&wait=11m",
+        "index=1&wait=1m30s",
+        "index=9223372036854775808",
         "index=-1",
     ] {
         let resp = reqwest::get(format!("{}/v1/clusters/w/members?{q}", reg.url()))
@@ -339,4 +340,59 @@ async fn the_grafana_dashboard_only_uses_metrics_the_registry_exports() {
             "the dashboard uses {name}, which /metrics does not export"
         );
     }
+}
+
+#[tokio::test]
+async fn a_wait_longer_than_allowed_is_cut_to_the_maximum() {
+    let reg = TestRegistry::start(&["--max-watch-wait", "1s"]).await;
+    reg.client()
+        .heartbeat("w", "n1", &hb("10.0.0.1:1"))
+        .await
+        .expect("register");
+    let current = reg.client().members("w", None).await.expect("list").index;
+    let (took, _, _) = watch(&reg, "w", current, "10m").await;
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_every_json_route() {
+    let reg = TestRegistry::start(FAST).await;
+    let doc: serde_json::Value = reqwest::get(format!("{}/openapi.json", reg.url()))
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3.1"));
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, methods) in [
+        (
+            "/v1/clusters/{cluster}/members/{node}",
+            &["get", "put", "delete"][..],
+        ),
+        ("/v1/clusters/{cluster}/members", &["get"]),
+        ("/v1/clusters/{cluster}/claims", &["post"]),
+        ("/v1/clusters/{cluster}", &["get"]),
+        ("/v1/clusters", &["get"]),
+        ("/members", &["get"]),
+        ("/health", &["get"]),
+        ("/metrics", &["get"]),
+    ] {
+        for m in methods {
+            assert!(
+                paths.get(path).and_then(|p| p.get(*m)).is_some(),
+                "{m} {path} is not documented"
+            );
+        }
+    }
+    // The patterns are the validators' own.
+    let address =
+        &doc["components"]["schemas"]["HeartbeatRequest"]["properties"]["address"]["pattern"];
+    assert_eq!(
+        address.as_str(),
+        Some(rollcall_protocol::validate::ADDRESS_PATTERN)
+    );
 }

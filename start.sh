@@ -1,0 +1,394 @@
+#!/usr/bin/env bash
+# Starts rollcall's bootstrap registry and a raft (Consul or etcd) whose nodes find each
+# other only through it, waits until the raft is healthy as the registry sees it, and
+# prints the state and the links.
+#
+#   bash start.sh                      Consul if its image can be had, etcd otherwise
+#   bash start.sh --engine etcd        an etcd raft
+#   bash start.sh --nodes 5            five raft nodes (a five-server raft)
+#   bash start.sh status               the registry's view of the running raft
+#   bash start.sh down                 stop and remove containers, network and volumes
+#
+# Running it twice is harmless: what is built stays built, what runs keeps running.
+# It works with `docker compose` (v2) and with `docker-compose` 1.29.
+set -euo pipefail
+
+repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$repo_dir"
+
+readonly consul_image="${ROLLCALL_CONSUL_IMAGE:-hashicorp/consul:1.20}"
+readonly base_image="debian:bookworm-slim"
+readonly rust_target="x86_64-unknown-linux-gnu"
+readonly binaries=(rollcall-registry rollcall-sidecar)
+readonly max_servers=7 # the registry refuses an `expect` above this
+
+export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-rollcall}"
+export ROLLCALL_CLUSTER="${ROLLCALL_CLUSTER:-default}"
+export ROLLCALL_REGISTRY_PORT="${ROLLCALL_REGISTRY_PORT:-7400}"
+
+usage() {
+    cat <<'USAGE'
+usage: bash start.sh [up] [--engine consul|etcd] [--nodes N] [--timeout SECONDS] [--no-browser]
+       bash start.sh status
+       bash start.sh down
+
+  up (default)   build what is missing, start the registry and N raft nodes, wait until the
+                 raft is healthy (N live members, one leader) and print links
+  status         print the registry's view of the running raft
+  down           remove the containers, the network and the volumes (the raft's data)
+
+  --engine       consul (default when hashicorp/consul can be pulled) or etcd
+  --nodes N      raft nodes to run (default 3); up to 7 become servers, the rest agents
+  --timeout S    how long to wait for a healthy raft (default 180)
+  --no-browser   do not open a browser
+
+Environment: ROLLCALL_SKIP_CARGO=1 (use the static binaries already in docker/bin), ROLLCALL_ENGINE, ROLLCALL_NODES, ROLLCALL_EXPECT, ROLLCALL_REGISTRY_PORT (7400),
+ROLLCALL_BIND (127.0.0.1), ROLLCALL_CLUSTER (default), ROLLCALL_TTL, ROLLCALL_INTERVAL,
+ROLLCALL_TOKEN, COMPOSE_PROJECT_NAME (rollcall); see the README.
+USAGE
+}
+
+# ---------------------------------------------------------------------------------------
+# Output
+
+if [[ -t 1 ]]; then
+    bold=$'\e[1m' dim=$'\e[2m' green=$'\e[32m' red=$'\e[31m' reset=$'\e[0m'
+else
+    bold="" dim="" green="" red="" reset=""
+fi
+step() { printf '%s==>%s %s\n' "$bold" "$reset" "$*"; }
+note() { printf '    %s\n' "$*"; }
+die() { printf '%serror:%s %s\n' "$red" "$reset" "$*" >&2; exit 1; }
+
+log_dir="${TMPDIR:-/tmp}/rollcall-start.$COMPOSE_PROJECT_NAME"
+mkdir -p "$log_dir"
+
+# Runs a command with its output in a log file, showing the elapsed time while it runs,
+# and the end of the log if it fails.
+run_logged() {
+    local label="$1" log="$log_dir/$2"
+    shift 2
+    local started=$SECONDS
+    "$@" >"$log" 2>&1 &
+    local pid=$!
+    if [[ -t 1 ]]; then
+        while kill -0 "$pid" 2>/dev/null; do
+            printf '\r\e[K    %s %s(%ds, log: %s)%s' "$label" "$dim" $((SECONDS - started)) "$log" "$reset"
+            sleep 1
+        done
+        printf '\r\e[K'
+    fi
+    if ! wait "$pid"; then
+        printf '    %s: failed after %ds; the end of %s:\n' "$label" $((SECONDS - started)) "$log" >&2
+        tail -n 30 "$log" | sed 's/^/      /' >&2
+        exit 1
+    fi
+    note "$label: done in $((SECONDS - started))s"
+}
+
+# ---------------------------------------------------------------------------------------
+# Docker and Compose
+
+compose_cmd=()
+find_compose() {
+    if [[ -n ${ROLLCALL_COMPOSE:-} ]]; then
+        read -r -a compose_cmd <<<"$ROLLCALL_COMPOSE"
+    elif docker compose version >/dev/null 2>&1; then
+        compose_cmd=(docker compose)
+    elif command -v docker-compose >/dev/null; then
+        compose_cmd=(docker-compose)
+    else
+        die "neither 'docker compose' nor 'docker-compose' is installed"
+    fi
+}
+compose() { "${compose_cmd[@]}" -f "$repo_dir/docker-compose.yml" -p "$COMPOSE_PROJECT_NAME" "$@"; }
+
+require_docker() {
+    command -v docker >/dev/null || die "docker is not installed"
+    docker info >/dev/null 2>&1 || die "no Docker engine answers (is dockerd running, may this user use it?)"
+    find_compose
+}
+
+have_image() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# True when the image is here or can be pulled (quietly, within a minute).
+can_get_image() {
+    have_image "$1" && return 0
+    timeout 60 docker pull -q "$1" >/dev/null 2>&1
+}
+
+# ---------------------------------------------------------------------------------------
+# Building
+
+# Builds the static binaries on the host and stages them in docker/bin for the images.
+# Static (glibc, +crt-static) so that they run in any image, the Alpine-based Consul image
+# included, whatever C library the build host has.
+build_binaries() {
+    local out="$repo_dir/target/$rust_target/release" bin
+    if [[ ${ROLLCALL_SKIP_CARGO:-} == 1 ]] || ! command -v cargo >/dev/null; then
+        for bin in "${binaries[@]}"; do
+            [[ -x $repo_dir/docker/bin/$bin ]] || die "cargo is needed to build $bin (https://rustup.rs)"
+        done
+        for bin in "${binaries[@]}"; do assert_static "$repo_dir/docker/bin/$bin"; done
+        note "not building with cargo; using the binaries already in docker/bin"
+        return
+    fi
+    run_logged "cargo build --release (static)" cargo.log \
+        env RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+        cargo build --release --target "$rust_target" -p rollcall-registry -p rollcall-sidecar
+    mkdir -p "$repo_dir/docker/bin"
+    for bin in "${binaries[@]}"; do
+        assert_static "$out/$bin"
+        # Debug info stays in target/; the images get the smaller binary. Copy only on change
+        # so that Docker's build cache holds.
+        local staged="$repo_dir/docker/bin/$bin" fresh="$log_dir/$bin"
+        if command -v objcopy >/dev/null; then
+            objcopy --strip-debug "$out/$bin" "$fresh"
+        else
+            cp "$out/$bin" "$fresh"
+        fi
+        cmp -s "$fresh" "$staged" || install -m 0755 "$fresh" "$staged"
+    done
+}
+
+assert_static() {
+    local description
+    if command -v file >/dev/null; then
+        description="$(file -b "$1")"
+        [[ $description == *"statically linked"* || $description == *"static-pie linked"* ]] ||
+            die "$1 is not statically linked: $description"
+    elif ldd "$1" >/dev/null 2>&1 && ! ldd "$1" 2>&1 | grep -q 'statically linked'; then
+        die "$1 is not statically linked: $(ldd "$1" 2>&1 | head -n 3)"
+    fi
+}
+
+# debian:bookworm-slim is pulled where a registry answers, and otherwise created from
+# Debian's packages with the mirror this machine's apt uses.
+ensure_base_image() {
+    if have_image "$base_image"; then
+        return
+    fi
+    if timeout 60 docker pull -q "$base_image" >/dev/null 2>&1; then
+        note "pulled $base_image"
+        return
+    fi
+    note "$base_image cannot be pulled here; creating it from Debian's packages (debootstrap)"
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    run_logged "debootstrap + docker import $base_image" base-image.log \
+        "${sudo[@]}" bash "$repo_dir/docker/make-base-image.sh" "$base_image"
+}
+
+build_images() {
+    run_logged "docker images (registry, $ROLLCALL_ENGINE node)" images.log compose build bootstrap raft
+}
+
+# ---------------------------------------------------------------------------------------
+# The registry's view
+
+# The published registry port, on loopback unless ROLLCALL_BIND names one address.
+registry_url() {
+    local host="${ROLLCALL_BIND:-127.0.0.1}"
+    [[ $host == 0.0.0.0 || $host == "::" ]] && host=127.0.0.1
+    [[ $host == *:* ]] && host="[$host]"
+    printf 'http://%s:%s' "$host" "$ROLLCALL_REGISTRY_PORT"
+}
+
+members_json() {
+    curl -fsS --max-time 3 "$(registry_url)/v1/clusters/$ROLLCALL_CLUSTER/members" 2>/dev/null
+}
+
+# One line per member from the registry's JSON (serde's compact output):
+# node, address, role, in_raft, is_leader, leader.
+members_lines() {
+    sed 's/{"node":/\n&/g' | grep '^{"node":' | while IFS= read -r member; do
+        field() { printf '%s' "$member" | grep -o "\"$1\":[^,}]*" | head -n 1 | cut -d: -f2- | tr -d '"'; }
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(field node)" "$(field address)" "$(field role)" \
+            "$(field in_raft)" "$(field is_leader)" "$(field leader)"
+    done
+}
+
+# Sets members, servers, outside (servers that say they are not in a raft), leaders (how
+# many say they lead) and leader (the leader every server names, empty unless they agree).
+read_state() {
+    local json lines seen
+    members=0 servers=0 outside=0 leaders=0 leader=""
+    json="$(members_json)" || return 1
+    lines="$(printf '%s' "$json" | members_lines)"
+    [[ -n $lines ]] || return 0
+    members=$(printf '%s\n' "$lines" | wc -l)
+    servers=$(printf '%s\n' "$lines" | awk -F'\t' '$3 == "server"' | wc -l)
+    outside=$(printf '%s\n' "$lines" | awk -F'\t' '$3 == "server" && $4 == "false"' | wc -l)
+    leaders=$(printf '%s\n' "$lines" | awk -F'\t' '$5 == "true"' | wc -l)
+    seen="$(printf '%s\n' "$lines" | awk -F'\t' '$3 == "server" { print $6 }' | sort -u)"
+    if [[ $(printf '%s\n' "$seen" | wc -l) -eq 1 && -n $seen ]]; then
+        leader="$seen"
+    fi
+}
+
+# Healthy: every node listed, the servers wanted, all of them in the raft and naming the
+# same leader, and no more than one claiming to lead.
+raft_is_healthy() {
+    ((members == $1 && servers == $2 && outside == 0 && leaders <= 1)) && [[ -n $leader ]]
+}
+
+wait_until_healthy() {
+    local want_members="$1" want_servers="$2" timeout="$3"
+    local started=$SECONDS line=""
+    while true; do
+        local elapsed=$((SECONDS - started))
+        if read_state; then
+            line="$members/$want_members members, $((servers - outside))/$want_servers servers in the raft, leader: ${leader:-none}"
+            if raft_is_healthy "$want_members" "$want_servers"; then
+                [[ -t 1 ]] && printf '\r\e[K'
+                note "${green}healthy${reset} after ${elapsed}s: $line"
+                healthy_after=$elapsed
+                return 0
+            fi
+        else
+            line="registry not answering yet at $(registry_url)"
+        fi
+        if ((elapsed >= timeout)); then
+            [[ -t 1 ]] && printf '\r\e[K'
+            printf '%serror:%s the raft is not healthy after %ss (%s)\n' "$red" "$reset" "$timeout" "$line" >&2
+            compose ps >&2 || true
+            compose logs --tail=20 >&2 || true
+            exit 1
+        fi
+        if [[ -t 1 ]]; then
+            printf '\r\e[K    waiting: %s %s(%ds)%s' "$line" "$dim" "$elapsed" "$reset"
+        elif ((elapsed % 10 == 0)); then
+            note "waiting: $line (${elapsed}s)"
+        fi
+        sleep 1
+    done
+}
+
+print_state() {
+    local json
+    json="$(members_json)" || die "the registry does not answer at $(registry_url)"
+    printf '\n%s%-16s %-22s %-7s %-8s %s%s\n' "$bold" NODE ADDRESS ROLE IN-RAFT LEADER "$reset"
+    printf '%s' "$json" | members_lines | while IFS=$'\t' read -r node address role in_raft is_leader seen_leader; do
+        local mark=""
+        [[ $is_leader == true ]] && mark=" (leader)"
+        printf '%-16s %-22s %-7s %-8s %s%s\n' "$node" "$address" "$role" "${in_raft:--}" "${seen_leader:--}" "$mark"
+    done
+    printf '\n'
+    local engine
+    engine="$(running_engine)"
+    printf '%sregistry%s    http://localhost:%s/   (members: http://localhost:%s/v1/clusters/%s/members)\n' \
+        "$bold" "$reset" "$ROLLCALL_REGISTRY_PORT" "$ROLLCALL_REGISTRY_PORT" "$ROLLCALL_CLUSTER"
+    local port
+    case "$engine" in
+        consul)
+            port="$(published_port 8500)"
+            printf '%sConsul UI%s   http://localhost:%s/ui/\n' "$bold" "$reset" "$port"
+            printf '%smembers%s     docker exec %s consul members\n' "$bold" "$reset" "$(first_node)"
+            browser_url="http://localhost:$port/ui/"
+            ;;
+        etcd)
+            port="$(published_port 2379)"
+            printf '%setcd%s        etcdctl --endpoints=http://127.0.0.1:%s member list -w table\n' "$bold" "$reset" "$port"
+            # etcd listens on the node's own address, not on its loopback.
+            printf '            %s(in a node: docker exec %s sh -c '\''etcdctl --endpoints=$(hostname -i):2379 member list -w table'\'')%s\n' "$dim" "$(first_node)" "$reset"
+            browser_url="http://localhost:$ROLLCALL_REGISTRY_PORT/"
+            ;;
+    esac
+    printf '%sstop%s        bash start.sh down\n' "$bold" "$reset"
+}
+
+first_node() { compose ps -q raft 2>/dev/null | head -n 1 | cut -c1-12; }
+
+published_port() {
+    compose port --index=1 raft "$1" 2>/dev/null | sed 's/.*://'
+}
+
+running_engine() {
+    local id
+    id="$(compose ps -q raft 2>/dev/null | head -n 1)"
+    [[ -n $id ]] || return 0
+    docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$id" | sed -n 's/^ROLLCALL_ENGINE=//p'
+}
+
+open_browser() {
+    [[ -n ${browser_url:-} && ${open_browser:-yes} == yes && -t 1 ]] || return 0
+    [[ -n ${DISPLAY:-}${WAYLAND_DISPLAY:-} ]] || return 0
+    if command -v xdg-open >/dev/null; then
+        xdg-open "$browser_url" >/dev/null 2>&1 &
+    fi
+}
+
+# ---------------------------------------------------------------------------------------
+# Commands
+
+command_up() {
+    local started=$SECONDS
+    require_docker
+
+    # Engine: --engine, else ROLLCALL_ENGINE, else Consul when its image can be had.
+    if [[ -z ${ROLLCALL_ENGINE:-} ]]; then
+        if can_get_image "$consul_image"; then
+            ROLLCALL_ENGINE=consul
+        else
+            printf '%s cannot be pulled here: running the etcd raft instead (--engine to choose).\n' "$consul_image"
+            ROLLCALL_ENGINE=etcd
+        fi
+    fi
+    case "$ROLLCALL_ENGINE" in
+        etcd) ;;
+        consul) can_get_image "$consul_image" || die "--engine consul needs the image $consul_image, which cannot be pulled here" ;;
+        *) die "unknown engine '$ROLLCALL_ENGINE' (consul or etcd)" ;;
+    esac
+    export ROLLCALL_ENGINE
+    export ROLLCALL_NODES="${ROLLCALL_NODES:-3}"
+    [[ $ROLLCALL_NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive number"
+    local want_servers=$((ROLLCALL_NODES < max_servers ? ROLLCALL_NODES : max_servers))
+    export ROLLCALL_EXPECT="${ROLLCALL_EXPECT:-$want_servers}"
+    want_servers=$((ROLLCALL_EXPECT < ROLLCALL_NODES ? ROLLCALL_EXPECT : ROLLCALL_NODES))
+
+    step "building (engine: $ROLLCALL_ENGINE, compose: ${compose_cmd[*]}, project: $COMPOSE_PROJECT_NAME)"
+    build_binaries
+    ensure_base_image
+    build_images
+
+    step "starting the registry and $ROLLCALL_NODES $ROLLCALL_ENGINE nodes"
+    run_logged "compose up" up.log compose up -d --no-build --remove-orphans --scale raft="$ROLLCALL_NODES"
+
+    step "waiting for a healthy raft ($want_servers servers, one leader) as the registry sees it"
+    wait_until_healthy "$ROLLCALL_NODES" "$want_servers" "${timeout:-180}"
+    print_state
+    note "${dim}ready ${SECONDS}s after start.sh began; the raft was healthy ${healthy_after}s after 'compose up'${reset}"
+    open_browser
+}
+
+command_status() {
+    require_docker
+    print_state
+}
+
+command_down() {
+    require_docker
+    step "removing project $COMPOSE_PROJECT_NAME (containers, network, volumes)"
+    # The engine only names the raft image; any value lets Compose find the containers.
+    ROLLCALL_ENGINE="${ROLLCALL_ENGINE:-etcd}" compose down -v --remove-orphans --timeout 20
+}
+
+action=up
+open_browser=yes
+while (($#)); do
+    case "$1" in
+        up | down | status) action="$1" ;;
+        --engine) ROLLCALL_ENGINE="${2:?--engine needs consul or etcd}"; shift ;;
+        --engine=*) ROLLCALL_ENGINE="${1#*=}" ;;
+        --nodes) ROLLCALL_NODES="${2:?--nodes needs a number}"; shift ;;
+        --nodes=*) ROLLCALL_NODES="${1#*=}" ;;
+        --timeout) timeout="${2:?--timeout needs seconds}"; shift ;;
+        --timeout=*) timeout="${1#*=}" ;;
+        --no-browser) open_browser=no ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; exit 64 ;;
+    esac
+    shift
+done
+
+"command_$action"

@@ -1,0 +1,368 @@
+#!/usr/bin/env bash
+# End-to-end test of the Docker deployment: start.sh, the images and docker-compose.yml,
+# with the real registry and sidecar binaries and a real etcd raft.
+#
+#   bash tests/e2e/docker.sh
+#
+# It runs under its own Compose project name, image prefix and registry port, so it never
+# touches a running `bash start.sh`, and it removes every container, network, volume and
+# image it created (by id) however it ends. Where no Docker engine answers it says that it
+# was skipped and exits 0, except under CI=true, where Docker is required.
+#
+# What it checks, in order (the issue's acceptance list):
+#   1. from nothing, `bash start.sh` ends with a healthy three-node raft (timed)
+#   2. a value written through one node is read back through another, and the example
+#      application of the README (docker/examples/app.yml) works
+#   3. with the bootstrap container stopped, the raft keeps serving
+#   4. the bootstrap recreated on an empty volume lists every member again within one
+#      heartbeat interval (timed); nodes started after that join the same raft
+#   5. scaling the raft from 3 to 5 adds two members to the same raft
+#   6. a node cut off with `docker network disconnect` expires from /members within TTL+1s;
+#      reconnected, it is listed again and the raft has all its members
+#   7. a stopped node leaves /members within TTL+1s
+#   8. `bash start.sh down` removes everything, and the next `bash start.sh` works (timed)
+#
+# Settings: ROLLCALL_E2E_ENGINE (etcd), ROLLCALL_E2E_SLACK (seconds of scheduling slack
+# allowed on top of the interval and TTL bounds, default 2), ROLLCALL_E2E_KEEP=1 to leave
+# the project running after a failure for inspection.
+set -euo pipefail
+
+repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$repo_dir"
+
+engine="${ROLLCALL_E2E_ENGINE:-etcd}"
+slack="${ROLLCALL_E2E_SLACK:-2}"
+# The registry's defaults, passed explicitly so that the bounds below are known.
+interval_s=5
+ttl_s=15
+
+say() { printf '[e2e %4ds] %s\n' "$SECONDS" "$*"; }
+pass() { say "PASS  $*"; }
+fail() {
+    say "FAIL  $*"
+    failed=1
+    exit 1
+}
+
+# --- Is there a Docker engine? ----------------------------------------------------------
+
+if ! command -v docker >/dev/null || ! docker info >/dev/null 2>&1; then
+    if [[ ${CI:-} == true ]]; then
+        echo "tests/e2e/docker.sh: FAILED: no Docker engine answers, and CI=true requires one" >&2
+        exit 1
+    fi
+    echo "tests/e2e/docker.sh: SKIPPED: no Docker engine answers here (set CI=true to make this a failure)"
+    exit 0
+fi
+if docker compose version >/dev/null 2>&1; then
+    compose_cmd=(docker compose)
+elif command -v docker-compose >/dev/null; then
+    compose_cmd=(docker-compose)
+else
+    echo "tests/e2e/docker.sh: FAILED: Docker answers but neither 'docker compose' nor 'docker-compose' is installed" >&2
+    exit 1
+fi
+command -v curl >/dev/null || { echo "tests/e2e/docker.sh: FAILED: curl is needed" >&2; exit 1; }
+
+# --- Own project, images and port --------------------------------------------------------
+
+run_id="$(date +%s)-$$"
+export COMPOSE_PROJECT_NAME="rollcall-e2e-$$"
+export ROLLCALL_IMAGE_PREFIX="rollcall-e2e"
+export ROLLCALL_IMAGE_TAG="$run_id"
+export ROLLCALL_ENGINE="$engine"
+export ROLLCALL_NODES=3
+export ROLLCALL_EXPECT=3
+export ROLLCALL_INTERVAL="${interval_s}s"
+export ROLLCALL_TTL="${ttl_s}s"
+export ROLLCALL_CLUSTER=default
+unset ROLLCALL_TOKEN ROLLCALL_COMPOSE
+
+port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for _ in $(seq 1 50); do
+    candidate=$((20000 + RANDOM % 20000))
+    if port_is_free "$candidate"; then
+        export ROLLCALL_REGISTRY_PORT="$candidate"
+        break
+    fi
+done
+[[ -n ${ROLLCALL_REGISTRY_PORT:-} ]] || fail "no free loopback port found for the registry"
+registry="http://127.0.0.1:$ROLLCALL_REGISTRY_PORT"
+results_file="$repo_dir/target/e2e-docker-timings.txt"
+
+compose() { "${compose_cmd[@]}" -f "$repo_dir/docker-compose.yml" -p "$COMPOSE_PROJECT_NAME" "$@"; }
+project_filter=(--filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")
+
+# Removes what this run created, by id: containers, then networks and volumes, then images.
+cleanup() {
+    local code=$?
+    if [[ ${failed:-0} == 1 || $code != 0 ]]; then
+        say "state at failure:"
+        curl -fsS --max-time 3 "$registry/v1/clusters/default/members" 2>/dev/null | head -c 4000 || true
+        echo
+        compose ps 2>/dev/null || true
+        compose logs --tail=40 2>/dev/null | tail -n 120 || true
+        if [[ ${ROLLCALL_E2E_KEEP:-} == 1 ]]; then
+            say "ROLLCALL_E2E_KEEP=1: leaving project $COMPOSE_PROJECT_NAME running; remove it with:"
+            say "  COMPOSE_PROJECT_NAME=$COMPOSE_PROJECT_NAME bash start.sh down"
+            exit "$code"
+        fi
+    fi
+    local ids
+    ids="$(docker ps -aq "${project_filter[@]}")"
+    [[ -z $ids ]] || docker rm -f -v $ids >/dev/null 2>&1 || true
+    ids="$(docker network ls -q "${project_filter[@]}")"
+    [[ -z $ids ]] || docker network rm $ids >/dev/null 2>&1 || true
+    ids="$(docker volume ls -q "${project_filter[@]}")"
+    [[ -z $ids ]] || docker volume rm $ids >/dev/null 2>&1 || true
+    # Images by tag, never by id: a cached build shares its id with the developer's own
+    # rollcall/* images, which must stay.
+    ids="$(docker images --format '{{.Repository}}:{{.Tag}}' --filter "reference=$ROLLCALL_IMAGE_PREFIX/*:$ROLLCALL_IMAGE_TAG")"
+    [[ -z $ids ]] || docker rmi $ids >/dev/null 2>&1 || true
+    # start.sh's logs for this project; kept after a failure, where they tell what went wrong.
+    [[ $code != 0 ]] || rm -rf "${TMPDIR:-/tmp}/rollcall-start.$COMPOSE_PROJECT_NAME"
+    say "cleaned up project $COMPOSE_PROJECT_NAME and its images"
+    exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- Reading the registry ------------------------------------------------------------------
+
+members_json() { curl -fsS --max-time 3 "$registry/v1/clusters/default/members" 2>/dev/null; }
+
+# node <TAB> address <TAB> role <TAB> in_raft <TAB> is_leader <TAB> leader, per live member.
+members_tsv() {
+    local json
+    json="$(members_json)" || return 0
+    printf '%s' "$json" | sed 's/{"node":/\n&/g' | grep '^{"node":' | while IFS= read -r member; do
+        field() { printf '%s' "$member" | grep -o "\"$1\":[^,}]*" | head -n 1 | cut -d: -f2- | tr -d '"'; }
+        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(field node)" "$(field address)" "$(field role)" \
+            "$(field in_raft)" "$(field is_leader)" "$(field leader)"
+    done
+}
+member_count() { members_tsv | grep -c . || true; }
+server_count() { members_tsv | awk -F'\t' '$3 == "server"' | grep -c . || true; }
+is_listed() { members_tsv | awk -F'\t' -v n="$1" '$1 == n { found = 1 } END { exit !found }'; }
+address_of() { members_tsv | awk -F'\t' -v n="$1" '$1 == n { print $2 }'; }
+
+# Polls a condition (a shell command) every 0.25s until it holds or `timeout` seconds pass;
+# prints the seconds it took (to the hundredth).
+wait_for() {
+    local timeout="$1"
+    shift
+    local start end
+    start=$(date +%s.%N)
+    while true; do
+        if "$@"; then
+            end=$(date +%s.%N)
+            awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }'
+            return 0
+        fi
+        end=$(date +%s.%N)
+        if awk -v s="$start" -v e="$end" -v t="$timeout" 'BEGIN { exit !(e - s > t) }'; then
+            return 1
+        fi
+        sleep 0.25
+    done
+}
+
+# Every node listed, the servers wanted, all of them in the raft, one of them leading, and
+# all of them naming the same leader.
+healthy_raft() { # members servers
+    local tsv
+    tsv="$(members_tsv)"
+    awk -F'\t' -v want_members="$1" -v want_servers="$2" '
+        { members++ }
+        $3 == "server" { servers++; if ($4 == "false") outside++; if ($5 == "true") leading++; named[$6] = 1 }
+        END {
+            for (name in named) distinct++
+            exit !(members == want_members && servers == want_servers && outside == 0 && leading == 1 && distinct == 1 && !("" in named))
+        }' <<<"$tsv"
+}
+registry_answers() { curl -fsS --max-time 2 "$registry/health" >/dev/null 2>&1; }
+all_listed() { local n; for n in "$@"; do is_listed "$n" || return 1; done; }
+not_listed() { ! is_listed "$1"; }
+
+# --- Talking to etcd ----------------------------------------------------------------------
+
+raft_ids() { compose ps -q raft; }
+short() { printf '%s' "${1:0:12}"; }
+container_ip() { docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$1" | awk '{ print $1 }'; }
+
+# etcdctl inside a node, against that node's own client address.
+etcdctl_on() {
+    local id="$1"
+    shift
+    docker exec "$id" etcdctl --endpoints="http://$(container_ip "$id"):2379" --command-timeout=5s "$@"
+}
+put_via() { etcdctl_on "$1" put "$2" "$3" >/dev/null; }
+get_via() { etcdctl_on "$1" get "$2" --print-value-only; }
+etcd_member_count() { etcdctl_on "$1" member list | grep -c started || true; }
+
+record() { printf '%s\t%s\n' "$1" "$2" >>"$results_file.tmp"; }
+
+# ========================================================================================
+mkdir -p "$(dirname "$results_file")"
+: >"$results_file.tmp"
+say "project $COMPOSE_PROJECT_NAME, engine $engine, registry on $registry, compose: ${compose_cmd[*]}"
+[[ -z $(docker ps -aq "${project_filter[@]}") ]] || fail "project $COMPOSE_PROJECT_NAME already has containers"
+
+# 1. From nothing to a healthy three-node raft. -------------------------------------------
+say "1. bash start.sh (from nothing: no containers, no images of this run)"
+started=$SECONDS
+bash start.sh --engine "$engine" --no-browser --timeout 240 >"$repo_dir/target/e2e-start-1.log" 2>&1 ||
+    { tail -n 40 "$repo_dir/target/e2e-start-1.log"; fail "start.sh did not bring up a healthy raft"; }
+first_start=$((SECONDS - started))
+healthy_raft 3 3 || fail "start.sh returned but the registry does not list 3 servers with one leader"
+pass "start.sh from nothing to a healthy 3-node raft in ${first_start}s"
+record "start.sh from nothing (images of this run absent, base image and cargo cache present)" "${first_start}s"
+grep -E 'done in|healthy after' "$repo_dir/target/e2e-start-1.log" | sed 's/^ */    /' || true
+
+mapfile -t nodes < <(raft_ids)
+[[ ${#nodes[@]} -eq 3 ]] || fail "expected 3 raft containers, found ${#nodes[@]}"
+for id in "${nodes[@]}"; do
+    is_listed "$(short "$id")" || fail "node $(short "$id") is not listed by the registry"
+done
+
+# 2. Write through one node, read through another. ----------------------------------------
+say "2. write through one node, read through another"
+put_via "${nodes[0]}" rollcall/e2e/hello "world-$run_id" || fail "write through node $(short "${nodes[0]}") failed"
+value="$(get_via "${nodes[1]}" rollcall/e2e/hello)" || fail "read through node $(short "${nodes[1]}") failed"
+[[ $value == "world-$run_id" ]] || fail "read '$value' through $(short "${nodes[1]}"), expected 'world-$run_id'"
+pass "value written via $(short "${nodes[0]}") read back via $(short "${nodes[1]}")"
+
+# The README's "use it in your own composition" example: an app that finds the raft
+# through the registry.
+say "2b. the example application (docker/examples/app.yml) finds the raft through the registry"
+app_output="$("${compose_cmd[@]}" -f "$repo_dir/docker-compose.yml" -f "$repo_dir/docker/examples/app.yml" \
+    -p "$COMPOSE_PROJECT_NAME" run --rm app 2>&1)" || { printf '%s\n' "$app_output"; fail "the example application failed"; }
+grep -q '^hello from ' <<<"$app_output" || { printf '%s\n' "$app_output"; fail "the example application did not read its value back"; }
+pass "docker/examples/app.yml: $(grep -m1 'etcd servers' <<<"$app_output")"
+
+# 3. Bootstrap stopped: the raft keeps serving. ---------------------------------------------
+say "3. stop the bootstrap container; the raft must keep serving"
+compose stop bootstrap >/dev/null 2>&1
+registry_answers && fail "the registry still answers after 'compose stop bootstrap'"
+for round in 1 2; do
+    put_via "${nodes[1]}" rollcall/e2e/without-registry "round-$round" || fail "write without the registry failed (round $round)"
+    value="$(get_via "${nodes[2]}" rollcall/e2e/without-registry)" || fail "read without the registry failed (round $round)"
+    [[ $value == "round-$round" ]] || fail "read '$value' without the registry, expected 'round-$round'"
+    # The second round comes after two missed heartbeats, when a sidecar that wrongly ties
+    # its agent to the registry would have stopped it.
+    [[ $round == 2 ]] || sleep $((2 * interval_s))
+done
+for id in "${nodes[@]}"; do
+    [[ $(docker inspect -f '{{.State.Running}}' "$id") == true ]] || fail "node $(short "$id") stopped while the registry was away"
+done
+pass "writes and reads work with the registry stopped (checked at once and after $((2 * interval_s))s)"
+
+# 4. Bootstrap recreated on an empty volume. ----------------------------------------------
+say "4. recreate the bootstrap with an empty volume"
+compose rm -f -s -v bootstrap >/dev/null 2>&1
+volume_ids="$(docker volume ls -q "${project_filter[@]}" --filter label=com.docker.compose.volume=registry-data)"
+[[ -n $volume_ids ]] || fail "the registry's named volume was not found"
+docker volume rm $volume_ids >/dev/null
+compose up -d --no-deps bootstrap >/dev/null 2>&1
+wait_for 30 registry_answers >/dev/null || fail "the recreated registry does not answer"
+[[ $(member_count) -lt 3 ]] || say "    (all members were back before the first poll)"
+names=()
+for id in "${nodes[@]}"; do names+=("$(short "$id")"); done
+reregistered="$(wait_for $((interval_s + slack)) all_listed "${names[@]}")" ||
+    fail "not every member re-registered within one interval (${interval_s}s + ${slack}s slack): $(member_count) listed"
+pass "all 3 members registered again ${reregistered}s after the new registry answered (bound: ${interval_s}s + ${slack}s)"
+record "re-registration after the bootstrap was recreated on an empty volume" "${reregistered}s"
+wait_for 20 healthy_raft 3 3 >/dev/null || fail "the registry does not see one leader among the 3 servers again"
+
+# 5. Scale 3 -> 5: the two new nodes join the same raft. -----------------------------------
+say "5. scale the raft from 3 to 5 (nodes started after the registry was recreated)"
+scale_started=$SECONDS
+compose up -d --no-deps --no-recreate --scale raft=5 raft >/dev/null 2>&1 || fail "compose could not scale raft to 5"
+mapfile -t all_nodes < <(raft_ids)
+[[ ${#all_nodes[@]} -eq 5 ]] || fail "expected 5 raft containers after scaling, found ${#all_nodes[@]}"
+new_nodes=()
+for id in "${all_nodes[@]}"; do
+    [[ " ${nodes[*]} " == *" $id "* ]] || new_nodes+=("$id")
+done
+[[ ${#new_nodes[@]} -eq 2 ]] || fail "expected 2 new containers, found ${#new_nodes[@]}"
+wait_for 120 all_listed "$(short "${new_nodes[0]}")" "$(short "${new_nodes[1]}")" >/dev/null ||
+    fail "the two new nodes are not listed within 120s"
+wait_for 30 healthy_raft 5 3 >/dev/null || fail "expected 5 members, 3 servers and one leader; have $(member_count) members, $(server_count) servers"
+for id in "${new_nodes[@]}"; do
+    value="$(get_via "$id" rollcall/e2e/hello)" || fail "read through new node $(short "$id") failed"
+    [[ $value == "world-$run_id" ]] || fail "new node $(short "$id") reads '$value': not the same raft"
+done
+put_via "${new_nodes[0]}" rollcall/e2e/from-new-node yes || fail "write through new node failed"
+[[ $(get_via "${nodes[0]}" rollcall/e2e/from-new-node) == yes ]] || fail "a write through a new node is not seen by the first node"
+[[ $(etcd_member_count "${nodes[0]}") -eq 3 ]] || fail "etcd lists $(etcd_member_count "${nodes[0]}") voting members, expected 3"
+pass "scaled to 5 in $((SECONDS - scale_started))s: 5 members (3 servers, 2 agents), one raft, data shared both ways"
+record "scale 3 -> 5, until both new nodes are listed and serve the raft's data" "$((SECONDS - scale_started))s"
+
+# 6. Network cut: expiry, then back. -------------------------------------------------------
+say "6. cut a follower off with 'docker network disconnect', then reconnect it"
+leader_node="$(members_tsv | awk -F'\t' '$5 == "true" { print $1 }')"
+victim=""
+for id in "${nodes[@]}"; do
+    [[ $(short "$id") == "$leader_node" ]] || { victim="$id"; break; }
+done
+[[ -n $victim ]] || fail "no follower to cut off"
+network="$(docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}' "$victim")"
+ip_before="$(container_ip "$victim")"
+docker network disconnect "$network" "$victim"
+expired="$(wait_for $((ttl_s + 1 + slack)) not_listed "$(short "$victim")")" ||
+    fail "node $(short "$victim") cut off from the network is still listed after $((ttl_s + 1 + slack))s"
+pass "cut-off node $(short "$victim") expired from /members after ${expired}s (bound: TTL ${ttl_s}s + 1s + ${slack}s)"
+record "expiry of a node cut off with docker network disconnect" "${expired}s"
+docker network connect --alias raft "$network" "$victim"
+ip_after="$(container_ip "$victim")"
+[[ $ip_before == "$ip_after" ]] || say "    note: the node came back with another address ($ip_before -> $ip_after)"
+relisted="$(wait_for 60 is_listed "$(short "$victim")")" || fail "reconnected node $(short "$victim") is not listed again within 60s"
+wait_for 30 healthy_raft 5 3 >/dev/null || fail "after the reconnect the registry does not see 5 members, 3 servers, one leader"
+[[ $(etcd_member_count "$victim") -eq 3 ]] || fail "the reconnected node sees $(etcd_member_count "$victim") members, expected 3"
+put_via "$victim" rollcall/e2e/after-reconnect yes || fail "write through the reconnected node failed"
+pass "reconnected node listed again after ${relisted}s; the raft has all 3 voting members and serves it"
+
+# 7. A stopped node leaves /members within TTL + 1s. ----------------------------------------
+say "7. stop one node"
+stopped="${new_nodes[1]}"
+docker stop -t 20 "$stopped" >/dev/null &
+gone="$(wait_for $((ttl_s + 1 + slack)) not_listed "$(short "$stopped")")" ||
+    fail "stopped node $(short "$stopped") is still listed after $((ttl_s + 1 + slack))s"
+wait
+pass "stopped node $(short "$stopped") left /members ${gone}s after 'docker stop' (bound: TTL ${ttl_s}s + 1s)"
+record "a stopped node leaves /members" "${gone}s"
+
+# 8. start.sh down, and up again from built images. -----------------------------------------
+say "8. bash start.sh down, then bash start.sh again"
+bash start.sh down >"$repo_dir/target/e2e-down.log" 2>&1 || { cat "$repo_dir/target/e2e-down.log"; fail "start.sh down failed"; }
+[[ -z $(docker ps -aq "${project_filter[@]}") ]] || fail "containers remain after start.sh down"
+[[ -z $(docker volume ls -q "${project_filter[@]}") ]] || fail "volumes remain after start.sh down"
+[[ -z $(docker network ls -q "${project_filter[@]}") ]] || fail "networks remain after start.sh down"
+pass "start.sh down removed containers, volumes and network"
+# The binaries were built by the first start.sh: this one starts from built images only.
+export ROLLCALL_SKIP_CARGO=1
+started=$SECONDS
+bash start.sh --engine "$engine" --no-browser --timeout 240 >"$repo_dir/target/e2e-start-2.log" 2>&1 ||
+    { tail -n 40 "$repo_dir/target/e2e-start-2.log"; fail "the second start.sh did not bring up a healthy raft"; }
+second_start=$((SECONDS - started))
+healthy_raft 3 3 || fail "after the second start.sh the registry does not list 3 servers with one leader"
+mapfile -t nodes < <(raft_ids)
+put_via "${nodes[0]}" rollcall/e2e/second-life yes && [[ $(get_via "${nodes[2]}" rollcall/e2e/second-life) == yes ]] ||
+    fail "the second raft does not serve writes and reads"
+pass "start.sh from built images to a healthy 3-node raft in ${second_start}s"
+record "start.sh from built images (after start.sh down)" "${second_start}s"
+
+# Running start.sh again on a healthy raft changes nothing.
+ids_before="$(raft_ids | sort)"
+bash start.sh --engine "$engine" --no-browser --timeout 60 >"$repo_dir/target/e2e-start-3.log" 2>&1 ||
+    fail "start.sh on a running raft failed"
+[[ $(raft_ids | sort) == "$ids_before" ]] || fail "running start.sh twice replaced the raft's containers"
+pass "running start.sh again is harmless (same containers, still healthy)"
+
+{
+    printf '# tests/e2e/docker.sh, %s, %s, engine %s, %s CPUs\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "${compose_cmd[*]}" "$engine" "$(nproc)"
+    cat "$results_file.tmp"
+} >"$results_file"
+rm -f "$results_file.tmp"
+say "all passed; timings:"
+column -t -s $'\t' "$results_file" 2>/dev/null || cat "$results_file"
