@@ -5,10 +5,12 @@
 //! serves the very same thing. Handlers validate, call [`Registry`], and for writes that must
 //! be durable await the store's flush before answering.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::Html;
 use futures_util::{Stream, StreamExt};
@@ -46,6 +48,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Blocking reads wait at most this long, whatever they ask for.
     pub max_watch_wait: Duration,
+    /// Pre-serialised list answers.
+    pub lists: Arc<ListCache>,
 }
 
 /// The wait of a blocking read that names none (Consul's default).
@@ -437,7 +441,7 @@ enum JoinFormat {
         (status = 503, description = "too many connections", body = ErrorBody)
     )
 )]
-#[tracing::instrument(skip_all, fields(cluster = %cluster, node = %node))]
+#[tracing::instrument(level = "debug", skip_all, fields(cluster = %cluster, node = %node))]
 async fn heartbeat(
     State(state): State<AppState>,
     ApiPath((cluster, node)): ApiPath<(String, String)>,
@@ -475,7 +479,7 @@ async fn heartbeat(
         (status = 503, description = "too many connections", body = ErrorBody)
     )
 )]
-#[tracing::instrument(skip_all, fields(cluster = %cluster, node = %node))]
+#[tracing::instrument(level = "debug", skip_all, fields(cluster = %cluster, node = %node))]
 async fn leave(
     State(state): State<AppState>,
     ApiPath((cluster, node)): ApiPath<(String, String)>,
@@ -564,8 +568,115 @@ async fn list_members(
     if let Some(index) = query.index {
         wait_for_change(&state, &cluster, index, wait).await;
     }
-    let members = state.registry.members(&cluster, query.role);
-    Ok((index_header(members.index), Json(members)).into_response())
+    let key = ListKey {
+        cluster,
+        role: query.role,
+        kind: ListKind::Members,
+    };
+    let registry = &state.registry;
+    let (index, body) = state.lists.get_or_build(registry, key, |key| {
+        let members = registry.members(&key.cluster, key.role);
+        let body = serde_json::to_vec(&members).unwrap_or_default();
+        (members, body)
+    });
+    Ok(list_response(index, "application/json", body))
+}
+
+fn list_response(index: u64, content_type: &'static str, body: Bytes) -> Response {
+    (
+        index_header(index),
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
+}
+
+/// How stale a pre-serialised list may be. Membership changes rebuild it at once; within this
+/// age only the `age_ms` and `expires_in_ms` figures (and the freshest-first order among
+/// members renewed meanwhile) can lag, by at most this much.
+pub const LIST_CACHE_MAX_AGE: Duration = Duration::from_millis(250);
+/// Past this many cached lists the cache starts again empty, so many clusters cannot grow it
+/// without bound.
+const LIST_CACHE_MAX_ENTRIES: usize = 10_000;
+
+/// Pre-serialised answers of the list endpoints, so that a cluster of 10,000 members is
+/// serialised a few times a second at most, not once per request, and never while the
+/// registry's lock is held by a reader that does the serialising.
+#[derive(Debug, Default)]
+pub struct ListCache {
+    entries: std::sync::Mutex<HashMap<ListKey, CachedList>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListKey {
+    cluster: String,
+    role: Option<MemberRole>,
+    kind: ListKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ListKind {
+    Members,
+    JoinJson,
+    JoinText,
+}
+
+#[derive(Debug)]
+struct CachedList {
+    index: u64,
+    built: std::time::Instant,
+    /// The earliest expiry among the listed members: the body may not outlive it.
+    valid_until: std::time::Instant,
+    body: Bytes,
+}
+
+impl ListCache {
+    /// The cached body for `key` if the cluster's index has not moved, it is young enough and
+    /// no listed member has expired since; otherwise `build` makes a new one.
+    fn get_or_build(
+        &self,
+        registry: &Registry,
+        key: ListKey,
+        build: impl FnOnce(&ListKey) -> (MembersResponse, Vec<u8>),
+    ) -> (u64, Bytes) {
+        let now = std::time::Instant::now();
+        let current = registry.cluster_index(&key.cluster);
+        if let Some(hit) = self.lock().get(&key) {
+            if hit.index == current
+                && now < hit.valid_until
+                && now.duration_since(hit.built) < LIST_CACHE_MAX_AGE
+            {
+                return (hit.index, hit.body.clone());
+            }
+        }
+        let (members, body) = build(&key);
+        let soonest = members
+            .members
+            .iter()
+            .map(|m| m.expires_in_ms)
+            .min()
+            .unwrap_or(u64::MAX);
+        let valid_until = now + Duration::from_millis(soonest.min(60_000));
+        let body = Bytes::from(body);
+        let mut entries = self.lock();
+        if entries.len() >= LIST_CACHE_MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(
+            key,
+            CachedList {
+                index: members.index,
+                built: now,
+                valid_until,
+                body: body.clone(),
+            },
+        );
+        (members.index, body)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ListKey, CachedList>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Blocks until `cluster`'s index differs from `index`, `wait` passes, or shutdown begins.
@@ -712,7 +823,7 @@ async fn clusters(State(state): State<AppState>) -> Json<ClustersResponse> {
         (status = 500, description = "storage failure; nothing acknowledged", body = ErrorBody)
     )
 )]
-#[tracing::instrument(skip_all, fields(cluster = %cluster))]
+#[tracing::instrument(level = "debug", skip_all, fields(cluster = %cluster))]
 async fn claim(
     State(state): State<AppState>,
     ApiPath(cluster): ApiPath<String>,
@@ -752,34 +863,40 @@ async fn join_targets(
 ) -> Result<Response, ApiError> {
     let cluster = query.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
     validate_name(NameKind::Cluster, &cluster)?;
-    let members = state.registry.members(&cluster, query.role);
-    let addresses: Vec<String> = members.members.into_iter().map(|m| m.address).collect();
-    match query.format.unwrap_or(JoinFormat::Json) {
-        JoinFormat::Text => {
-            let mut body = addresses.join("\n");
-            if !body.is_empty() {
-                body.push('\n');
-            }
-            Ok((
-                index_header(members.index),
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                )],
-                body,
-            )
-                .into_response())
-        }
-        JoinFormat::Json => Ok((
-            index_header(members.index),
-            Json(JoinTargetsResponse {
-                cluster,
+    let format = query.format.unwrap_or(JoinFormat::Json);
+    let kind = match format {
+        JoinFormat::Json => ListKind::JoinJson,
+        JoinFormat::Text => ListKind::JoinText,
+    };
+    let key = ListKey {
+        cluster,
+        role: query.role,
+        kind,
+    };
+    let registry = &state.registry;
+    let (index, body) = state.lists.get_or_build(registry, key, |key| {
+        let members = registry.members(&key.cluster, key.role);
+        let addresses: Vec<&str> = members.members.iter().map(|m| m.address.as_str()).collect();
+        let body = match key.kind {
+            ListKind::JoinText => addresses
+                .iter()
+                .flat_map(|a| [*a, "\n"])
+                .collect::<String>()
+                .into_bytes(),
+            _ => serde_json::to_vec(&JoinTargetsResponse {
+                cluster: key.cluster.clone(),
                 index: members.index,
-                addresses,
-            }),
-        )
-            .into_response()),
-    }
+                addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            })
+            .unwrap_or_default(),
+        };
+        (members, body)
+    });
+    let content_type = match format {
+        JoinFormat::Json => "application/json",
+        JoinFormat::Text => "text/plain; charset=utf-8",
+    };
+    Ok(list_response(index, content_type, body))
 }
 
 #[utoipa::path(

@@ -66,6 +66,7 @@ pub async fn run(
         tokens: Arc::new(config.tokens.clone()),
         shutdown: stop_streams.clone(),
         max_watch_wait: config.max_watch_wait,
+        lists: Default::default(),
     };
     let app = api::router(
         state,

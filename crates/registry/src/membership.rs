@@ -18,9 +18,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rollcall_protocol::{
-    BootstrapSummary, ClaimRequest, ClaimResponse, ClaimSummary, ClusterDetail, ClusterSummary,
-    GrantedRole, HeartbeatRequest, HeartbeatResponse, JoinTarget, Member, MemberRole,
-    MembersResponse,
+    AgentStatus, BootstrapSummary, ClaimRequest, ClaimResponse, ClaimSummary, ClusterDetail,
+    ClusterSummary, GrantedRole, HeartbeatRequest, HeartbeatResponse, JoinTarget, Member,
+    MemberRole, MembersResponse,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -122,7 +122,10 @@ struct NodeEntry {
     member: Option<LiveMember>,
     claim: Option<ClaimRecord>,
     deadline: Instant,
-    /// The entry's key in `State::expiry`.
+    /// The entry's key in `State::expiry` is `(indexed_deadline, seq)`. The index is lazy: a
+    /// renewal only moves `deadline`; the sweep re-files an entry whose deadline moved when it
+    /// reaches the old one. So a renewal costs no index update at all.
+    indexed_deadline: Instant,
     seq: u64,
     /// The last heartbeat or claim, for "freshest first".
     last_refresh: Instant,
@@ -266,6 +269,37 @@ impl Registry {
         let now = Instant::now();
         let mut st = self.lock();
         st.expire_due(now, &self.store);
+
+        // The common case, a renewal that changes nothing: move the deadline and answer.
+        if let Some(entry) = st
+            .clusters
+            .get_mut(cluster)
+            .and_then(|c| c.nodes.get_mut(node))
+        {
+            if let Some(live) = entry.member.as_mut() {
+                let rec = &live.record;
+                let same_status = match &hb.status {
+                    Some(status) => *status == rec.status,
+                    None => rec.status == AgentStatus::default(),
+                };
+                if rec.address == hb.address
+                    && rec.role == hb.role
+                    && same_status
+                    && rec.meta == hb.meta
+                {
+                    live.last_heartbeat = now;
+                    entry.deadline = now + self.timing.ttl;
+                    entry.last_refresh = now;
+                    drop(st);
+                    metrics::counter!("rollcall_heartbeats_total", "result" => "renewed")
+                        .increment(1);
+                    return Ok((
+                        self.heartbeat_response(cluster, node, false),
+                        Durability::NoWait,
+                    ));
+                }
+            }
+        }
         st.check_room(cluster, node, &self.limits)?;
 
         let previous = st
@@ -322,12 +356,12 @@ impl Registry {
         if let Some(record) = &record {
             self.store.put_member(cluster, node, record)?;
         }
-        if registered {
-            let r = record.as_ref().map(|r| (r.address.as_str(), r.role));
-            if let Some((address, role)) = r {
-                tracing::info!(cluster, node, address, %role, "member registered");
-            }
-        }
+        // Logged once the lock is released (below): writing a log line is slow.
+        let registered_as = if registered {
+            record.as_ref().map(|r| (r.address.clone(), r.role))
+        } else {
+            None
+        };
         let deadline = now + self.timing.ttl;
         let index = if changed { st.bump_index() } else { 0 };
         let cs = st.clusters.entry(cluster.to_string()).or_default();
@@ -356,16 +390,23 @@ impl Registry {
             metrics::counter!("rollcall_heartbeats_total", "result" => "renewed").increment(1);
         }
         self.publish(st);
+        if let Some((address, role)) = registered_as {
+            tracing::info!(cluster, node, address, %role, "member registered");
+        }
         Ok((
-            HeartbeatResponse {
-                cluster: cluster.to_string(),
-                node: node.to_string(),
-                registered,
-                ttl_ms: ms(self.timing.ttl),
-                interval_ms: ms(self.timing.interval),
-            },
+            self.heartbeat_response(cluster, node, registered),
             durability,
         ))
+    }
+
+    fn heartbeat_response(&self, cluster: &str, node: &str, registered: bool) -> HeartbeatResponse {
+        HeartbeatResponse {
+            cluster: cluster.to_string(),
+            node: node.to_string(),
+            registered,
+            ttl_ms: ms(self.timing.ttl),
+            interval_ms: ms(self.timing.interval),
+        }
     }
 
     /// A graceful leave: forgets the member and its claim. `NotFound` when neither exists.
@@ -818,7 +859,8 @@ impl State {
         self.touch(cluster, node, deadline, now)
     }
 
-    /// Creates or refreshes the entry of `node`, moving its deadline in the expiry index.
+    /// Creates or refreshes the entry of `node`. A new entry is filed in the expiry index; a
+    /// known one only gets its new deadline (see `NodeEntry::indexed_deadline`).
     fn touch(
         &mut self,
         cluster: &str,
@@ -826,37 +868,33 @@ impl State {
         deadline: Instant,
         now: Instant,
     ) -> &mut NodeEntry {
-        self.next_seq += 1;
-        let seq = self.next_seq;
         let cs = self.clusters.entry(cluster.to_string()).or_default();
-        match cs.nodes.get_mut(node) {
-            Some(entry) => {
-                self.expiry.remove(&(entry.deadline, entry.seq));
-                entry.deadline = deadline;
-                entry.seq = seq;
-                entry.last_refresh = now;
-            }
-            None => {
-                cs.nodes.insert(
-                    node.to_string(),
-                    NodeEntry {
-                        member: None,
-                        claim: None,
-                        deadline,
-                        seq,
-                        last_refresh: now,
-                    },
-                );
-            }
+        if !cs.nodes.contains_key(node) {
+            self.next_seq += 1;
+            let seq = self.next_seq;
+            cs.nodes.insert(
+                node.to_string(),
+                NodeEntry {
+                    member: None,
+                    claim: None,
+                    deadline,
+                    indexed_deadline: deadline,
+                    seq,
+                    last_refresh: now,
+                },
+            );
+            self.expiry
+                .insert((deadline, seq), (cluster.to_string(), node.to_string()));
         }
-        self.expiry
-            .insert((deadline, seq), (cluster.to_string(), node.to_string()));
-        // The entry was inserted just above, so the lookups cannot miss.
+        // The entry exists: it was there or was inserted just above.
         let cs = self
             .clusters
             .get_mut(cluster)
             .expect("cluster entry exists");
-        cs.nodes.get_mut(node).expect("node entry exists")
+        let entry = cs.nodes.get_mut(node).expect("node entry exists");
+        entry.deadline = deadline;
+        entry.last_refresh = now;
+        entry
     }
 
     /// Removes an entry from memory (not from the store) and records when it was last live.
@@ -864,7 +902,7 @@ impl State {
         let index = self.bump_index();
         let cs = self.clusters.get_mut(cluster)?;
         let entry = cs.nodes.remove(node)?;
-        self.expiry.remove(&(entry.deadline, entry.seq));
+        self.expiry.remove(&(entry.indexed_deadline, entry.seq));
         cs.last_seen = Some(cs.last_seen.map_or(seen, |s| s.max(seen)));
         if entry.member.is_some() {
             cs.index = index;
@@ -877,30 +915,40 @@ impl State {
     /// a fresh TTL, after which it expires again).
     fn expire_due(&mut self, now: Instant, store: &Store) -> usize {
         let mut n_expired = 0;
-        while let Some((&(deadline, seq), _)) = self.expiry.first_key_value() {
-            if deadline > now {
+        while let Some((&(indexed, seq), _)) = self.expiry.first_key_value() {
+            if indexed > now {
                 break;
             }
-            let Some((cluster, node)) = self.expiry.remove(&(deadline, seq)) else {
+            let Some((cluster, node)) = self.expiry.remove(&(indexed, seq)) else {
                 break;
             };
-            let last_refresh = self
+            let Some(entry) = self
                 .clusters
-                .get(&cluster)
-                .and_then(|c| c.nodes.get(&node))
-                .map(|e| e.last_refresh);
+                .get_mut(&cluster)
+                .and_then(|c| c.nodes.get_mut(&node))
+            else {
+                continue;
+            };
+            if entry.deadline > now {
+                // Renewed since it was filed: file it again at its real deadline.
+                self.next_seq += 1;
+                entry.indexed_deadline = entry.deadline;
+                entry.seq = self.next_seq;
+                self.expiry
+                    .insert((entry.indexed_deadline, entry.seq), (cluster, node));
+                continue;
+            }
+            let last_refresh = entry.last_refresh;
             // Put the key back so remove_entry finds and removes it consistently.
             self.expiry
-                .insert((deadline, seq), (cluster.clone(), node.clone()));
+                .insert((indexed, seq), (cluster.clone(), node.clone()));
             if let Err(e) = store
                 .delete_member(&cluster, &node)
                 .and_then(|_| store.delete_claim(&cluster, &node))
             {
                 tracing::warn!(cluster, node, error = %e, "could not delete an expired entry from storage; it will come back with a fresh TTL after a restart");
             }
-            if let Some(entry) =
-                self.remove_entry(&cluster, &node, last_refresh.unwrap_or(deadline))
-            {
+            if let Some(entry) = self.remove_entry(&cluster, &node, last_refresh) {
                 n_expired += 1;
                 metrics::counter!("rollcall_expiries_total").increment(1);
                 tracing::info!(
