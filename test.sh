@@ -38,6 +38,9 @@ fi
 say "schemathesis against a live registry (every check)"
 bash tests/api/schemathesis.sh
 
+say "benchmark smoke run (so the benchmark cannot rot; figures are not checked)"
+bash bench/run.sh --smoke
+
 if [ "${1:-}" = "--quick" ]; then
   say "--quick: Docker end-to-end tests not run"
   exit 0
