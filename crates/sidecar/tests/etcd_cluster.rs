@@ -10,6 +10,9 @@ use common::*;
 use rollcall_protocol::MemberRole;
 
 const CLUSTER: &str = "etcd-three";
+/// What "within one interval" may exceed the interval by: the heartbeat request, the
+/// registry's answer and the poll's 100 ms granularity.
+const SCHEDULING_MARGIN: Duration = Duration::from_millis(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sidecars_form_one_raft_that_outlives_and_refills_the_registry() {
@@ -90,13 +93,15 @@ async fn three_sidecars_form_one_raft_that_outlives_and_refills_the_registry() {
     );
 
     // A registry restarted on the same port with an EMPTY data directory lists all three
-    // again within one heartbeat interval (plus jitter and request slack).
+    // again within one heartbeat interval, plus a small scheduling margin: a heartbeat that
+    // failed while it was down is retried after a quarter interval, one that did not fail
+    // comes within the interval anyway. The poll waits longer so a miss prints its figure.
     let port = registry.port;
     drop(registry);
     let registry = Registry::start(port, &temp.path().join("registry-b"), logs, &[]).await;
     let restarted = Instant::now();
     poll_until(
-        INTERVAL + Duration::from_millis(1500),
+        INTERVAL + Duration::from_secs(3),
         "the empty registry to relearn three servers",
         || {
             let registry = &registry;
@@ -106,7 +111,10 @@ async fn three_sidecars_form_one_raft_that_outlives_and_refills_the_registry() {
     .await;
     let relisted_after = restarted.elapsed();
     eprintln!("MEASURED empty registry relisted all three servers after {relisted_after:?} (interval {INTERVAL:?})");
-    assert!(relisted_after <= INTERVAL + Duration::from_millis(1500));
+    assert!(
+        relisted_after <= INTERVAL + SCHEDULING_MARGIN,
+        "relisted after {relisted_after:?}, more than one interval ({INTERVAL:?}) plus {SCHEDULING_MARGIN:?}"
+    );
 
     // A fourth node with expect=3: three live servers fill the raft, so it is granted
     // `agent` and runs an etcd gateway to them. It serves the same data and cluster ID,

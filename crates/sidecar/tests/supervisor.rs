@@ -5,37 +5,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
-
-/// `rollcall-sidecar ... --engine exec` for node `node`, with `extra` flags before `cmd`.
-fn exec_sidecar(registry_url: &str, cluster: &str, node: &str, cmd: &[&str]) -> Command {
-    let mut command = Command::new(sidecar_bin());
-    command
-        .args([
-            "--registry",
-            registry_url,
-            "--cluster",
-            cluster,
-            "--node",
-            node,
-        ])
-        .args(["--advertise", &format!("127.0.0.1:{}", free_port())])
-        .args(["--engine", "exec", "--expect", "1"])
-        .env("ROLLCALL_LOG", "info");
-    command.args(cmd);
-    command
-}
-
-fn run_script(script: &str) -> Vec<String> {
-    ["--", "sh", "-c", script]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-}
 
 async fn wait_listed(registry: &Registry, cluster: &str, node: &str) {
     poll_until(

@@ -444,7 +444,7 @@ pub fn member_args(a: &EtcdArgs<'_>, initial: Initial<'_>) -> Vec<String> {
     let mut args = vec![
         format!("--name={}", a.node),
         format!("--data-dir={}", a.data_dir),
-        format!("--listen-client-urls={}", url(a.listen_host, a.client_port)),
+        format!("--listen-client-urls={}", listen_client_urls(a)),
         format!(
             "--advertise-client-urls={}",
             url(a.advertise_host, a.client_port)
@@ -474,6 +474,24 @@ pub fn member_args(a: &EtcdArgs<'_>, initial: Initial<'_>) -> Vec<String> {
     }
     args.extend(a.passthrough.iter().cloned());
     args
+}
+
+/// Where etcd serves clients: the listen host and, when that is one specific non-loopback
+/// address, also `127.0.0.1` on the same port, so that `etcdctl` inside the container works
+/// without `--endpoints` (its default is `127.0.0.1:2379`). A wildcard listen host covers
+/// loopback already (and a second listener on the same port would fail to bind), and a
+/// loopback listen host is loopback.
+pub fn listen_client_urls(a: &EtcdArgs<'_>) -> String {
+    let url = |host: &str| format!("http://{}", join_host_port(host, a.client_port));
+    let specific_non_loopback = a
+        .listen_host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| !ip.is_loopback() && !ip.is_unspecified());
+    if specific_non_loopback {
+        format!("{},{}", url(a.listen_host), url("127.0.0.1"))
+    } else {
+        url(a.listen_host)
+    }
 }
 
 pub fn gateway_args(a: &EtcdArgs<'_>, join: &[String]) -> Vec<String> {
@@ -523,11 +541,14 @@ pub fn agent_status(
     role: MemberRole,
 ) -> AgentStatus {
     let has_leader = !status.leader.is_empty() && status.leader != "0";
+    // Always the leader's member name, never etcd's numeric ID: a member that has just
+    // joined can see a leader ID its member list does not name yet (or names with the empty
+    // name of a member that never started). Then the leader is left out for this heartbeat.
     let leader_name = members
+        .filter(|_| has_leader)
         .and_then(|ms| ms.iter().find(|m| m.id == status.leader))
         .map(|m| m.name.clone())
-        .filter(|n| !n.is_empty())
-        .or_else(|| has_leader.then(|| status.leader.clone()));
+        .filter(|name| !name.is_empty());
     AgentStatus {
         in_raft: Some(has_leader && (role == MemberRole::Agent || !status.is_learner)),
         leader: leader_name,
@@ -641,6 +662,12 @@ mod tests {
         let restart = member_args(&args(&[]), Initial::FromData);
         assert!(!restart.iter().any(|a| a.starts_with("--initial-cluster")));
         assert!(restart.contains(&"--advertise-client-urls=http://10.0.0.2:2379".to_string()));
+        for member in [&new, &existing, &restart] {
+            assert!(member.contains(
+                &"--listen-client-urls=http://10.0.0.2:2379,http://127.0.0.1:2379".to_string()
+            ));
+            assert!(member.contains(&"--listen-peer-urls=http://10.0.0.2:2380".to_string()));
+        }
 
         let gateway = gateway_args(
             &args(&[]),
@@ -655,6 +682,47 @@ mod tests {
                 "--endpoints=10.0.0.1:2379,10.0.0.3:2379"
             ]
         );
+    }
+
+    #[test]
+    fn clients_can_also_reach_etcd_on_loopback_unless_it_listens_there_already() {
+        // (listen host, client port, --listen-client-urls)
+        let table = [
+            (
+                "10.0.0.2",
+                2379,
+                "http://10.0.0.2:2379,http://127.0.0.1:2379",
+            ),
+            // Another client port: loopback on that same port.
+            (
+                "10.0.0.2",
+                23791,
+                "http://10.0.0.2:23791,http://127.0.0.1:23791",
+            ),
+            (
+                "fd00::2",
+                2379,
+                "http://[fd00::2]:2379,http://127.0.0.1:2379",
+            ),
+            // Advertised on loopback: nothing to add.
+            ("127.0.0.1", 2379, "http://127.0.0.1:2379"),
+            ("127.0.0.5", 2379, "http://127.0.0.5:2379"),
+            ("::1", 2379, "http://[::1]:2379"),
+            // A hostname (`localhost` too) listens on every address, loopback included; a
+            // second listener on 127.0.0.1 and the same port would fail to bind.
+            ("0.0.0.0", 2379, "http://0.0.0.0:2379"),
+        ];
+        for (listen_host, client_port, expected) in table {
+            let a = EtcdArgs {
+                listen_host,
+                client_port,
+                ..args(&[])
+            };
+            assert_eq!(listen_client_urls(&a), expected, "{listen_host}");
+            assert!(
+                member_args(&a, Initial::New).contains(&format!("--listen-client-urls={expected}"))
+            );
+        }
     }
 
     #[test]
@@ -697,5 +765,50 @@ mod tests {
         assert!(parse_health(r#"{"health":"true"}"#));
         assert!(!parse_health(r#"{"health":"false"}"#));
         assert!(!parse_health("not json"));
+    }
+
+    #[test]
+    fn status_leader_is_a_member_name_never_a_numeric_id() {
+        // What a member that had just joined saw: a leader whose ID its member list did not
+        // name yet.
+        let status: StatusResponse = serde_json::from_str(
+            r#"{"header":{"cluster_id":"5298435163934787985","member_id":"1438879902281274126"},"leader":"3836211933317525247","isLearner":false}"#,
+        )
+        .expect("parse");
+        let named = |id: &str, name: &str| EtcdMember {
+            id: id.into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        let without_leader = vec![named("1438879902281274126", "b")];
+        let unstarted_leader = vec![
+            named("1438879902281274126", "b"),
+            named("3836211933317525247", ""),
+        ];
+        let with_leader = vec![
+            named("1438879902281274126", "b"),
+            named("3836211933317525247", "a"),
+        ];
+        for (members, leader) in [
+            (None, None),
+            (Some(without_leader.as_slice()), None),
+            (Some(unstarted_leader.as_slice()), None),
+            (Some(with_leader.as_slice()), Some("a")),
+        ] {
+            let s = agent_status(&status, members, MemberRole::Server);
+            assert_eq!(s.leader.as_deref(), leader, "members {members:?}");
+            // The raft has a leader either way; only its name may be unknown.
+            assert_eq!(s.in_raft, Some(true));
+            assert_eq!(s.is_leader, Some(false));
+        }
+
+        // No leader at all: etcd writes "0".
+        let leaderless = StatusResponse {
+            leader: "0".into(),
+            ..status
+        };
+        let s = agent_status(&leaderless, Some(&with_leader), MemberRole::Server);
+        assert_eq!(s.leader, None);
+        assert_eq!(s.in_raft, Some(false));
     }
 }

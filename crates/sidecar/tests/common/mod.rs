@@ -221,6 +221,18 @@ pub struct Registry {
 impl Registry {
     /// Starts the registry on `port` (0: a free one) with `data_dir`, and waits for /health.
     pub async fn start(port: u16, data_dir: &Path, logs: &Path, extra: &[&str]) -> Registry {
+        Registry::start_with_timing(port, data_dir, logs, REGISTRY_TIMING, extra).await
+    }
+
+    /// [`Registry::start`] with other timing flags than [`REGISTRY_TIMING`] (the registry
+    /// refuses a flag given twice, so they cannot simply be overridden in `extra`).
+    pub async fn start_with_timing(
+        port: u16,
+        data_dir: &Path,
+        logs: &Path,
+        timing: &[&str],
+        extra: &[&str],
+    ) -> Registry {
         let port = if port == 0 { free_port() } else { port };
         let mut command = Command::new(registry_bin());
         command
@@ -228,7 +240,7 @@ impl Registry {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(data_dir)
-            .args(REGISTRY_TIMING)
+            .args(timing)
             .args(extra)
             .env("RUST_LOG", "info");
         let log = logs.join(format!(
@@ -489,4 +501,30 @@ pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// `rollcall-sidecar ... --engine exec` for node `node`, with `extra` flags before `cmd`.
+pub fn exec_sidecar(registry_url: &str, cluster: &str, node: &str, cmd: &[&str]) -> Command {
+    let mut command = Command::new(sidecar_bin());
+    command
+        .args([
+            "--registry",
+            registry_url,
+            "--cluster",
+            cluster,
+            "--node",
+            node,
+        ])
+        .args(["--advertise", &format!("127.0.0.1:{}", free_port())])
+        .args(["--engine", "exec", "--expect", "1"])
+        .env("ROLLCALL_LOG", "info");
+    command.args(cmd);
+    command
+}
+
+pub fn run_script(script: &str) -> Vec<String> {
+    ["--", "sh", "-c", script]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
