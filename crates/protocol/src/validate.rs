@@ -36,11 +36,14 @@ pub const MAX_STATUS_STRING_LEN: usize = 259;
 pub const NAME_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$";
 
 /// `host:port`: an IPv4 address, a DNS name whose last label starts with a letter or `_`, or a
-/// bracketed IPv6 address (without zone or embedded IPv4), then a port from 1 to 65535.
+/// bracketed IPv6 address (without zone or embedded IPv4), then a port from 1 to 65535. A DNS
+/// label may not have `--` as its third and fourth characters: that form is reserved for IDNA
+/// (`xn--…`), and URL parsers (reqwest's among them) refuse such a label unless it is valid
+/// punycode, which would leave the address unusable for joining. Found by the fuzzer.
 pub const ADDRESS_PATTERN: &str = concat!(
     "^(",
     "((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])",
-    "|([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\\.)*[A-Za-z_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?",
+    "|([A-Za-z0-9_](?:[A-Za-z0-9_]|[A-Za-z0-9_-][A-Za-z0-9_](?:[A-Za-z0-9_-]{0,59}[A-Za-z0-9_])?|[A-Za-z0-9_-]-[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,58}[A-Za-z0-9_])?)?\\.)*[A-Za-z_](?:[A-Za-z0-9_]|[A-Za-z0-9_-][A-Za-z0-9_](?:[A-Za-z0-9_-]{0,59}[A-Za-z0-9_])?|[A-Za-z0-9_-]-[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,58}[A-Za-z0-9_])?)?",
     "|\\[(",
     "([0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}",
     "|([0-9a-fA-F]{1,4}:){1,7}:",
