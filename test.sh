@@ -28,6 +28,9 @@ cargo fmt --all -- --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+say "supply chain (cargo-deny)"
+bash scripts/supply-chain.sh
+
 say "Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast

@@ -518,7 +518,12 @@ impl Registry {
                         return Err(self.defer(st, cluster, node, message, left));
                     }
                 }
-                let generation = cs.and_then(|c| c.grant.as_ref()).map(|g| g.generation + 1).unwrap_or(1);
+                // Saturating: a stored generation at u64::MAX (only a tampered store holds one)
+                // must not panic or wrap to 0; the count is for people, not for the rules.
+                let generation = cs
+                    .and_then(|c| c.grant.as_ref())
+                    .map(|g| g.generation.saturating_add(1))
+                    .unwrap_or(1);
                 let grant = GrantRecord::new(node.to_string(), request.address.clone(), request.expect, generation, unix_ms_now());
                 let reason = if generation == 1 {
                     format!("no member or claim is live in cluster {cluster}; {node} starts its first raft")
