@@ -40,20 +40,31 @@ fn free_port() -> u16 {
 }
 
 impl TestRegistry {
-    /// Starts a registry with a new, empty data directory.
-    pub async fn start(args: &[&str]) -> TestRegistry {
-        let temp = tempfile::tempdir().expect("tempdir");
-        let data_dir = temp.path().join("data");
-        let mut reg = TestRegistry {
+    /// A registry not started yet; `spawn` starts it.
+    fn new(
+        data_dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        args: &[&str],
+        log: Option<PathBuf>,
+        level: &str,
+    ) -> TestRegistry {
+        TestRegistry {
             child: None,
             port: 0,
             data_dir,
-            _temp: Some(temp),
+            _temp: temp,
             args: args.iter().map(|s| s.to_string()).collect(),
             started_at: Instant::now(),
-            log: None,
-            extra_env: Vec::new(),
-        };
+            log,
+            extra_env: vec![("ROLLCALL_LOG".into(), level.into())],
+        }
+    }
+
+    /// Starts a registry with a new, empty data directory.
+    pub async fn start(args: &[&str]) -> TestRegistry {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let mut reg = TestRegistry::new(temp.path().join("data"), None, args, None, "info");
+        reg._temp = Some(temp);
         reg.spawn().await;
         reg
     }
@@ -61,18 +72,9 @@ impl TestRegistry {
     /// Starts a registry whose log (at `level`) goes to a file the test can read.
     pub async fn start_logged(args: &[&str], level: &str) -> TestRegistry {
         let temp = tempfile::tempdir().expect("tempdir");
-        let data_dir = temp.path().join("data");
         let log = temp.path().join("registry.log");
-        let mut reg = TestRegistry {
-            child: None,
-            port: 0,
-            data_dir,
-            _temp: Some(temp),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            started_at: Instant::now(),
-            log: Some(log),
-            extra_env: vec![("ROLLCALL_LOG".into(), level.into())],
-        };
+        let mut reg =
+            TestRegistry::new(temp.path().join("data"), Some(temp), args, Some(log), level);
         reg.spawn().await;
         reg
     }
@@ -86,16 +88,7 @@ impl TestRegistry {
 
     /// Starts a registry on an existing data directory (kept by the caller).
     pub async fn start_on(data_dir: &Path, args: &[&str]) -> TestRegistry {
-        let mut reg = TestRegistry {
-            child: None,
-            port: 0,
-            data_dir: data_dir.to_path_buf(),
-            _temp: None,
-            args: args.iter().map(|s| s.to_string()).collect(),
-            started_at: Instant::now(),
-            log: None,
-            extra_env: Vec::new(),
-        };
+        let mut reg = TestRegistry::new(data_dir.to_path_buf(), None, args, None, "info");
         reg.spawn().await;
         reg
     }
