@@ -189,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 list_conns: args.list_conns,
                 rate_fraction: args.rate_fraction,
                 registration_target_rate: if smoke { 1_000.0 } else { 20_000.0 },
+                list_target_rate: if smoke { 200.0 } else { 1_000.0 },
                 ttl_secs: 600,
                 smoke,
             };

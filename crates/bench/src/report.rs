@@ -240,18 +240,24 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
         .rfind(|w| w.starts_with("list-"))
     {
         let fixed = find(report, System::Registry, &w, "fixed");
+        let at_target = find(report, System::Registry, &w, "fixed@target");
+        let describe = |r: &Row| {
+            format!(
+                "p99 {} ms at {:.0}/s",
+                ms(r.p99_ms),
+                r.offered_rate.unwrap_or(0.0)
+            )
+        };
+        // Judged at the listing target rate when that phase ran; the 0.7× phase is shown too.
+        let judged = at_target.or(fixed);
         checks.push(TargetCheck {
             target: format!("{w}: p99 < {LIST_LARGE_P99_MS} ms"),
-            measured: fixed
-                .map(|f| {
-                    format!(
-                        "p99 {} ms at {:.0}/s",
-                        ms(f.p99_ms),
-                        f.offered_rate.unwrap_or(0.0)
-                    )
-                })
-                .unwrap_or_else(|| "not run".into()),
-            met: fixed.map(|f| f.p99_ms < LIST_LARGE_P99_MS),
+            measured: match (at_target, fixed) {
+                (Some(t), Some(f)) => format!("{} (fixed phase: {})", describe(t), describe(f)),
+                (None, Some(f)) => describe(f),
+                _ => "not run".into(),
+            },
+            met: judged.map(|f| f.p99_ms < LIST_LARGE_P99_MS),
         });
     }
     for r in report

@@ -5,7 +5,6 @@
 //! serves the very same thing. Handlers validate, call [`Registry`], and for writes that must
 //! be durable await the store's flush before answering.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +34,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::auth::{Denied, Tokens};
+use crate::lists::{ListCache, ListKey, ListKind};
 use crate::membership::{Durability, RefusedError, Registry};
 use crate::store::StoreError;
 
@@ -573,12 +573,7 @@ async fn list_members(
         role: query.role,
         kind: ListKind::Members,
     };
-    let registry = &state.registry;
-    let (index, body) = state.lists.get_or_build(registry, key, |key| {
-        let members = registry.members(&key.cluster, key.role);
-        let body = serde_json::to_vec(&members).unwrap_or_default();
-        (members, body)
-    });
+    let (index, body) = state.lists.get(&state.registry, key).await;
     Ok(list_response(index, "application/json", body))
 }
 
@@ -589,94 +584,6 @@ fn list_response(index: u64, content_type: &'static str, body: Bytes) -> Respons
         body,
     )
         .into_response()
-}
-
-/// How stale a pre-serialised list may be. Membership changes rebuild it at once; within this
-/// age only the `age_ms` and `expires_in_ms` figures (and the freshest-first order among
-/// members renewed meanwhile) can lag, by at most this much.
-pub const LIST_CACHE_MAX_AGE: Duration = Duration::from_millis(250);
-/// Past this many cached lists the cache starts again empty, so many clusters cannot grow it
-/// without bound.
-const LIST_CACHE_MAX_ENTRIES: usize = 10_000;
-
-/// Pre-serialised answers of the list endpoints, so that a cluster of 10,000 members is
-/// serialised a few times a second at most, not once per request, and never while the
-/// registry's lock is held by a reader that does the serialising.
-#[derive(Debug, Default)]
-pub struct ListCache {
-    entries: std::sync::Mutex<HashMap<ListKey, CachedList>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ListKey {
-    cluster: String,
-    role: Option<MemberRole>,
-    kind: ListKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum ListKind {
-    Members,
-    JoinJson,
-    JoinText,
-}
-
-#[derive(Debug)]
-struct CachedList {
-    index: u64,
-    built: std::time::Instant,
-    /// The earliest expiry among the listed members: the body may not outlive it.
-    valid_until: std::time::Instant,
-    body: Bytes,
-}
-
-impl ListCache {
-    /// The cached body for `key` if the cluster's index has not moved, it is young enough and
-    /// no listed member has expired since; otherwise `build` makes a new one.
-    fn get_or_build(
-        &self,
-        registry: &Registry,
-        key: ListKey,
-        build: impl FnOnce(&ListKey) -> (MembersResponse, Vec<u8>),
-    ) -> (u64, Bytes) {
-        let now = std::time::Instant::now();
-        let current = registry.cluster_index(&key.cluster);
-        if let Some(hit) = self.lock().get(&key) {
-            if hit.index == current
-                && now < hit.valid_until
-                && now.duration_since(hit.built) < LIST_CACHE_MAX_AGE
-            {
-                return (hit.index, hit.body.clone());
-            }
-        }
-        let (members, body) = build(&key);
-        let soonest = members
-            .members
-            .iter()
-            .map(|m| m.expires_in_ms)
-            .min()
-            .unwrap_or(u64::MAX);
-        let valid_until = now + Duration::from_millis(soonest.min(60_000));
-        let body = Bytes::from(body);
-        let mut entries = self.lock();
-        if entries.len() >= LIST_CACHE_MAX_ENTRIES {
-            entries.clear();
-        }
-        entries.insert(
-            key,
-            CachedList {
-                index: members.index,
-                built: now,
-                valid_until,
-                body: body.clone(),
-            },
-        );
-        (members.index, body)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ListKey, CachedList>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 /// Blocks until `cluster`'s index differs from `index`, `wait` passes, or shutdown begins.
@@ -873,25 +780,7 @@ async fn join_targets(
         role: query.role,
         kind,
     };
-    let registry = &state.registry;
-    let (index, body) = state.lists.get_or_build(registry, key, |key| {
-        let members = registry.members(&key.cluster, key.role);
-        let addresses: Vec<&str> = members.members.iter().map(|m| m.address.as_str()).collect();
-        let body = match key.kind {
-            ListKind::JoinText => addresses
-                .iter()
-                .flat_map(|a| [*a, "\n"])
-                .collect::<String>()
-                .into_bytes(),
-            _ => serde_json::to_vec(&JoinTargetsResponse {
-                cluster: key.cluster.clone(),
-                index: members.index,
-                addresses: addresses.iter().map(|a| a.to_string()).collect(),
-            })
-            .unwrap_or_default(),
-        };
-        (members, body)
-    });
+    let (index, body) = state.lists.get(&state.registry, key).await;
     let content_type = match format {
         JoinFormat::Json => "application/json",
         JoinFormat::Text => "text/plain; charset=utf-8",

@@ -229,3 +229,56 @@ async fn sigterm_drains_flushes_and_exits_zero() {
         1
     );
 }
+
+/// The pre-serialised lists: a change is seen by every reader at once (even fifty readers racing
+/// the rebuild), and the ages are refreshed in the background without a change.
+#[tokio::test]
+async fn cached_lists_follow_changes_at_once_and_refresh_ages() {
+    let reg = TestRegistry::start(FAST).await;
+    let c = reg.client();
+    c.heartbeat("cache", "n1", &hb("10.0.1.1:8301", MemberRole::Server))
+        .await
+        .expect("register n1");
+    let first = c.members("cache", None).await.expect("list");
+    assert_eq!(first.members.len(), 1);
+
+    // A registration changes the index: no reader may get the old body afterwards.
+    c.heartbeat("cache", "n2", &hb("10.0.1.2:8301", MemberRole::Server))
+        .await
+        .expect("register n2");
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.members("cache", None).await.expect("list") })
+        })
+        .collect();
+    for r in readers {
+        let list = r.await.expect("reader");
+        assert_eq!(
+            list.members.len(),
+            2,
+            "a reader got the list from before n2"
+        );
+        assert!(list.index > first.index);
+    }
+    let text = reqwest::get(format!("{}/members?cluster=cache&format=text", reg.url()))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(text.lines().count(), 2, "{text:?}");
+
+    // Without any change the ages still move: a body older than 250 ms is rebuilt behind the
+    // readers' backs, so within a second of polling the age shows the time that passed.
+    let index = c.members("cache", None).await.expect("list").index;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let aged = eventually(Duration::from_secs(1), || async {
+        let list = c.members("cache", None).await.expect("list");
+        assert_eq!(list.index, index, "nothing changed membership");
+        let n1 = list.members.iter().find(|m| m.node == "n1")?.age_ms;
+        (n1 >= 500).then_some(n1)
+    })
+    .await;
+    assert!(aged.is_some(), "the cached list's ages never moved");
+}

@@ -1,0 +1,274 @@
+//! Pre-serialised answers of the list endpoints (`GET /v1/clusters/{cluster}/members` and
+//! `GET /members`), so that a cluster of 10,000 members is serialised a few times a second at
+//! most, not once per request.
+//!
+//! A cached body is exact about *who* is listed: it is used only while the cluster's index is the
+//! one it was built at and before the first listed member's deadline. Within that, only the
+//! `age_ms` and `expires_in_ms` figures (and the freshest-first order among members renewed
+//! meanwhile) move with time; a body older than [`LIST_CACHE_MAX_AGE`] is still answered while
+//! one background task builds its successor (stale-while-revalidate), so no reader waits for a
+//! rebuild that only refreshes ages. When the membership changed, readers do wait, and only one
+//! of them builds: the others wait for its body instead of building their own (single flight).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use rollcall_protocol::{JoinTargetsResponse, MemberRole};
+
+use crate::membership::Registry;
+
+/// How old a pre-serialised list may grow before a rebuild refreshes its ages. The age figures
+/// of an answer lag by at most this plus the time of one rebuild.
+pub const LIST_CACHE_MAX_AGE: Duration = Duration::from_millis(250);
+/// Past this many cached lists the cache starts again empty, so many clusters cannot grow it
+/// without bound.
+const LIST_CACHE_MAX_ENTRIES: usize = 10_000;
+
+/// Which list, of which cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListKey {
+    pub cluster: String,
+    pub role: Option<MemberRole>,
+    pub kind: ListKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ListKind {
+    /// `GET /v1/clusters/{cluster}/members`: the members with their records.
+    Members,
+    /// `GET /members`: the join addresses as JSON.
+    JoinJson,
+    /// `GET /members?format=text`: one `host:port` per line.
+    JoinText,
+}
+
+/// The cache: one slot per list.
+#[derive(Debug, Default)]
+pub struct ListCache {
+    slots: Mutex<HashMap<ListKey, Arc<Slot>>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    body: Mutex<Option<Built>>,
+    /// Held by the one reader that builds after a membership change.
+    build: tokio::sync::Mutex<()>,
+    /// Set while a background refresh of the ages runs.
+    refreshing: AtomicBool,
+}
+
+#[derive(Debug, Clone)]
+struct Built {
+    index: u64,
+    at: Instant,
+    /// The earliest deadline among the listed members: the body may not outlive it.
+    valid_until: Instant,
+    body: Bytes,
+}
+
+enum Freshness {
+    /// Exact membership, ages young enough.
+    Fresh,
+    /// Exact membership, ages older than [`LIST_CACHE_MAX_AGE`].
+    AgesStale,
+    /// Built at another index or past a listed member's deadline: must not be answered.
+    Wrong,
+}
+
+impl Built {
+    fn freshness(&self, index: u64, now: Instant) -> Freshness {
+        if self.index != index || now >= self.valid_until {
+            Freshness::Wrong
+        } else if now.duration_since(self.at) >= LIST_CACHE_MAX_AGE {
+            Freshness::AgesStale
+        } else {
+            Freshness::Fresh
+        }
+    }
+}
+
+impl ListCache {
+    /// The list for `key` as `(index, body)`: from the cache when it is exact, otherwise built.
+    pub async fn get(&self, registry: &Arc<Registry>, key: ListKey) -> (u64, Bytes) {
+        let slot = self.slot(&key);
+        let current = registry.cluster_index(&key.cluster);
+        if let Some(cached) = slot.cached() {
+            match cached.freshness(current, Instant::now()) {
+                Freshness::Fresh => return (cached.index, cached.body),
+                Freshness::AgesStale => {
+                    if !slot.refreshing.swap(true, Ordering::AcqRel) {
+                        spawn_refresh(registry.clone(), slot.clone(), key);
+                    }
+                    return (cached.index, cached.body);
+                }
+                Freshness::Wrong => {}
+            }
+        }
+        // Single flight: whoever holds `build` builds; the others find its body on the recheck.
+        let _building = slot.build.lock().await;
+        let current = registry.cluster_index(&key.cluster);
+        if let Some(cached) = slot.cached() {
+            if !matches!(cached.freshness(current, Instant::now()), Freshness::Wrong) {
+                return (cached.index, cached.body);
+            }
+        }
+        // Serialising a large cluster takes milliseconds of CPU: keep it off the reactor.
+        let job = {
+            let (registry, key) = (registry.clone(), key.clone());
+            tokio::task::spawn_blocking(move || build(&registry, &key))
+        };
+        let built = match job.await {
+            Ok(built) => built,
+            // Only a panic in the builder gets here; build on this thread then, so that the
+            // request is still answered (and the panic, if it repeats, is reported).
+            Err(_) => build(registry, &key),
+        };
+        slot.store(built.clone());
+        (built.index, built.body)
+    }
+
+    fn slot(&self, key: &ListKey) -> Arc<Slot> {
+        let mut slots = lock(&self.slots);
+        if let Some(slot) = slots.get(key) {
+            return slot.clone();
+        }
+        if slots.len() >= LIST_CACHE_MAX_ENTRIES {
+            slots.clear();
+        }
+        slots.entry(key.clone()).or_default().clone()
+    }
+}
+
+impl Slot {
+    fn cached(&self) -> Option<Built> {
+        lock(&self.body).clone()
+    }
+
+    /// Keeps the newer of the stored body and `built` (a slow background refresh must not
+    /// replace a body built later at a newer index).
+    fn store(&self, built: Built) {
+        let mut body = lock(&self.body);
+        let newer = match &*body {
+            Some(old) => (built.index, built.at) >= (old.index, old.at),
+            None => true,
+        };
+        if newer {
+            *body = Some(built);
+        }
+    }
+}
+
+/// Rebuilds `slot` in the background to refresh its ages; clears `refreshing` when done, even if
+/// the build panics.
+fn spawn_refresh(registry: Arc<Registry>, slot: Arc<Slot>, key: ListKey) {
+    struct Done(Arc<Slot>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.refreshing.store(false, Ordering::Release);
+        }
+    }
+    let done = Done(slot);
+    tokio::task::spawn_blocking(move || {
+        let built = build(&registry, &key);
+        done.0.store(built);
+    });
+}
+
+fn build(registry: &Registry, key: &ListKey) -> Built {
+    let at = Instant::now();
+    let members = registry.members(&key.cluster, key.role);
+    let soonest = members
+        .members
+        .iter()
+        .map(|m| m.expires_in_ms)
+        .min()
+        .unwrap_or(u64::MAX);
+    let body = match key.kind {
+        ListKind::Members => serialize(&members),
+        ListKind::JoinText => members
+            .members
+            .iter()
+            .flat_map(|m| [m.address.as_str(), "\n"])
+            .collect::<String>()
+            .into_bytes(),
+        ListKind::JoinJson => serialize(&JoinTargetsResponse {
+            cluster: key.cluster.clone(),
+            index: members.index,
+            addresses: members.members.iter().map(|m| m.address.clone()).collect(),
+        }),
+    };
+    Built {
+        index: members.index,
+        at,
+        valid_until: at + Duration::from_millis(soonest.min(60_000)),
+        body: Bytes::from(body),
+    }
+}
+
+fn serialize<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // The wire types serialise infallibly (no maps with non-string keys, no custom errors).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(index: u64, at: Instant, valid_for: Duration) -> Built {
+        Built {
+            index,
+            at,
+            valid_until: at + valid_for,
+            body: Bytes::from_static(b"[]"),
+        }
+    }
+
+    #[test]
+    fn a_body_is_answered_only_at_its_index_and_before_its_first_deadline() {
+        let t0 = Instant::now();
+        let b = built(7, t0, Duration::from_secs(1));
+        assert!(matches!(b.freshness(7, t0), Freshness::Fresh));
+        assert!(matches!(b.freshness(8, t0), Freshness::Wrong));
+        assert!(matches!(
+            b.freshness(7, t0 + LIST_CACHE_MAX_AGE),
+            Freshness::AgesStale
+        ));
+        assert!(matches!(
+            b.freshness(7, t0 + Duration::from_secs(1)),
+            Freshness::Wrong
+        ));
+    }
+
+    #[test]
+    fn a_late_refresh_never_replaces_a_newer_body() {
+        let slot = Slot::default();
+        let t0 = Instant::now();
+        slot.store(built(
+            9,
+            t0 + Duration::from_millis(5),
+            Duration::from_secs(1),
+        ));
+        slot.store(built(
+            8,
+            t0 + Duration::from_millis(10),
+            Duration::from_secs(1),
+        ));
+        assert_eq!(slot.cached().map(|b| b.index), Some(9));
+        slot.store(built(
+            9,
+            t0 + Duration::from_millis(20),
+            Duration::from_secs(1),
+        ));
+        assert_eq!(
+            slot.cached().map(|b| b.at),
+            Some(t0 + Duration::from_millis(20))
+        );
+    }
+}
