@@ -10,11 +10,6 @@ use tracing_subscriber::EnvFilter;
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
 
-/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived buffers
-/// from many threads, where glibc's arenas spent 6–14% of the CPU (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Healthcheck { url }) = cli.command {
