@@ -23,8 +23,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CLUSTERS: usize = 10_000;
 pub const DEFAULT_MAX_MEMBERS_PER_CLUSTER: usize = 10_000;
 /// sled's page cache. Reads are served from memory, so sled's cache only speeds up its own
-/// writes: at 16 MiB registrations run ~5% slower than at 32 MiB and the peak RSS with 100k
-/// members is ~20 MiB lower (BENCHMARKS.md).
+/// writes: side by side, 16 MiB gave ~7% fewer registrations per second than 32 MiB and a
+/// ~22 MiB lower peak RSS with ~145k members stored (BENCHMARKS.md, change 10).
 pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";

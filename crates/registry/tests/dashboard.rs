@@ -155,12 +155,7 @@ async fn dashboard_shows_members_and_follows_changes_without_a_reload() {
 #[tokio::test]
 async fn dashboard_has_an_empty_state_that_says_what_to_run() {
     let reg = TestRegistry::start(&[]).await;
-    let html = reqwest::get(reg.url())
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("text");
+    let html = reg.get_text("/").await;
     assert!(html.contains("No cluster has registered yet"));
     assert!(html.contains("bash start.sh"));
     assert!(html.contains("name=\"viewport\""), "readable on a phone");

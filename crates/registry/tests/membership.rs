@@ -68,15 +68,9 @@ async fn register_renew_list_and_leave() {
 
     let targets = c.join_targets("web", None).await.expect("join targets");
     assert_eq!(targets.addresses, ["10.0.0.2:8301", "10.0.0.1:8301"]);
-    let text = reqwest::get(format!(
-        "{}/members?cluster=web&format=text&role=server",
-        reg.url()
-    ))
-    .await
-    .expect("get")
-    .text()
-    .await
-    .expect("text");
+    let text = reg
+        .get_text("/members?cluster=web&format=text&role=server")
+        .await;
     assert_eq!(text, "10.0.0.1:8301\n");
 
     let clusters = c.clusters().await.expect("clusters");
@@ -261,12 +255,7 @@ async fn cached_lists_follow_changes_at_once_and_refresh_ages() {
         );
         assert!(list.index > first.index);
     }
-    let text = reqwest::get(format!("{}/members?cluster=cache&format=text", reg.url()))
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("text");
+    let text = reg.get_text("/members?cluster=cache&format=text").await;
     assert_eq!(text.lines().count(), 2, "{text:?}");
 
     // Without any change the ages still move: a body older than 250 ms is rebuilt behind the

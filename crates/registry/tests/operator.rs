@@ -166,14 +166,7 @@ fn metric(text: &str, series: &str) -> f64 {
 async fn metrics_counters_move_with_the_traffic() {
     let reg = TestRegistry::start(FAST).await;
     after_grace(&reg).await;
-    let scrape = || async {
-        reqwest::get(format!("{}/metrics", reg.url()))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("text")
-    };
+    let scrape = || reg.get_text("/metrics");
     let before = scrape().await;
     let c = reg.client();
     for i in 0..5 {
@@ -308,12 +301,7 @@ async fn the_grafana_dashboard_only_uses_metrics_the_registry_exports() {
         .expect("register");
     // Wait for n2 to expire, so the expiry counter exists.
     tokio::time::sleep(Duration::from_millis(2600)).await;
-    let scrape = reqwest::get(format!("{}/metrics", reg.url()))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let scrape = reg.get_text("/metrics").await;
     let dashboard = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../docs/grafana/rollcall.json"

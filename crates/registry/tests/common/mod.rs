@@ -152,6 +152,17 @@ impl TestRegistry {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// `GET {url}{path}` as text (for what the typed client does not read: the dashboard,
+    /// `/metrics`, `/members?format=text`). Panics on a transport error, not on a status.
+    pub async fn get_text(&self, path: &str) -> String {
+        reqwest::get(format!("{}{path}", self.url()))
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: reading the body: {e}"))
+    }
+
     pub fn client(&self) -> RegistryClient {
         RegistryClient::new(self.url(), None).expect("client")
     }
