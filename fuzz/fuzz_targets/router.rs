@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use rollcall_registry::api::{router, AppState, HttpLimits};
 use rollcall_registry::auth::{Secret, Tokens};
-use rollcall_registry::membership::{Limits, Registry, Timing};
+use rollcall_registry::membership::{Limits, Membership, Timing};
 use rollcall_registry::store::Store;
 use tower::ServiceExt;
 
@@ -69,7 +69,7 @@ fn harness() -> &'static Harness {
                 max_clusters: 32,
                 max_members_per_cluster: 16,
             };
-            let registry = Registry::open(store, timing, limits).expect("open registry");
+            let membership = Membership::open(store, timing, limits).expect("open membership");
             rollcall_registry::telemetry::prometheus();
             let tokens = Tokens {
                 registry: Some(Secret::new(REGISTRY_TOKEN.into())),
@@ -79,7 +79,7 @@ fn harness() -> &'static Harness {
                 )]),
             };
             let state = AppState {
-                registry: Arc::new(registry),
+                membership: Arc::new(membership),
                 tokens: Arc::new(tokens),
                 shutdown: tokio_util::sync::CancellationToken::new(),
                 // Blocking reads (`?index=N`) are fuzzed too, cut to a few milliseconds.

@@ -2,7 +2,7 @@
 //! malformed request into a 4xx with a stable code.
 //!
 //! [`router`] builds the whole service, so tests can drive it with `oneshot` and the binary
-//! serves the very same thing. Handlers validate, call [`Registry`], and for writes that must
+//! serves the very same thing. Handlers validate, call [`Membership`], and for writes that must
 //! be durable await the store's flush before answering.
 
 use std::convert::Infallible;
@@ -35,13 +35,13 @@ use utoipa::IntoParams;
 
 use crate::auth::{Denied, Tokens};
 use crate::lists::{ListCache, ListKey, ListKind};
-use crate::membership::{Durability, RefusedError, Registry};
+use crate::membership::{Durability, Membership, RefusedError};
 use crate::store::StoreError;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub registry: Arc<Registry>,
+    pub membership: Arc<Membership>,
     pub tokens: Arc<Tokens>,
     /// Cancelled when shutdown begins, so that long polls and event streams end at once
     /// instead of holding the drain open.
@@ -347,7 +347,7 @@ fn authorize(state: &AppState, cluster: &str, headers: &HeaderMap) -> Result<(),
 
 async fn wait_durable(state: &AppState, durability: Durability) -> Result<(), ApiError> {
     if durability == Durability::FlushBeforeAnswer {
-        state.registry.store().flush().await?;
+        state.membership.store().flush().await?;
     }
     Ok(())
 }
@@ -452,7 +452,7 @@ async fn heartbeat(
     validate_name(NameKind::Node, &node)?;
     authorize(&state, &cluster, &headers)?;
     body.validate()?;
-    let (response, durability) = state.registry.heartbeat(&cluster, &node, body)?;
+    let (response, durability) = state.membership.heartbeat(&cluster, &node, body)?;
     wait_durable(&state, durability).await?;
     Ok(Json(response).into_response())
 }
@@ -488,7 +488,7 @@ async fn leave(
     validate_name(NameKind::Cluster, &cluster)?;
     validate_name(NameKind::Node, &node)?;
     authorize(&state, &cluster, &headers)?;
-    let durability = state.registry.leave(&cluster, &node)?;
+    let durability = state.membership.leave(&cluster, &node)?;
     wait_durable(&state, durability).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -516,7 +516,7 @@ async fn get_member(
 ) -> Result<Response, ApiError> {
     validate_name(NameKind::Cluster, &cluster)?;
     validate_name(NameKind::Node, &node)?;
-    match state.registry.member(&cluster, &node) {
+    match state.membership.member(&cluster, &node) {
         Some(m) => Ok(Json(m).into_response()),
         None => Err(ApiError::NotFound(format!(
             "{node:?} is not a live member of cluster {cluster:?}"
@@ -573,7 +573,7 @@ async fn list_members(
         role: query.role,
         kind: ListKind::Members,
     };
-    let (index, body) = state.lists.get(&state.registry, key).await;
+    let (index, body) = state.lists.get(&state.membership, key).await;
     Ok(list_response(index, "application/json", body))
 }
 
@@ -590,9 +590,9 @@ fn list_response(index: u64, content_type: &'static str, body: Bytes) -> Respons
 /// The receiver is taken before the first look, so a change between the look and the wait
 /// still wakes it.
 async fn wait_for_change(state: &AppState, cluster: &str, index: u64, wait: Duration) {
-    let mut changes = state.registry.subscribe();
+    let mut changes = state.membership.subscribe();
     let deadline = tokio::time::Instant::now() + wait;
-    while state.registry.cluster_index(cluster) == index {
+    while state.membership.cluster_index(cluster) == index {
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep_until(deadline) => return,
@@ -605,20 +605,20 @@ async fn wait_for_change(state: &AppState, cluster: &str, index: u64, wait: Dura
 async fn events(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = WatchStream::from_changes(state.registry.subscribe())
+    let stream = WatchStream::from_changes(state.membership.subscribe())
         .map(|version| Ok(Event::default().event("change").data(version.to_string())))
         .take_until(state.shutdown.clone().cancelled_owned());
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn dashboard_page(State(state): State<AppState>) -> Html<String> {
-    Html(crate::dashboard::page(&state.registry).into_string())
+    Html(crate::dashboard::page(&state.membership).into_string())
 }
 
 async fn dashboard_live(State(state): State<AppState>) -> Response {
     (
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-        Html(crate::dashboard::live(&state.registry).into_string()),
+        Html(crate::dashboard::live(&state.membership).into_string()),
     )
         .into_response()
 }
@@ -636,7 +636,7 @@ async fn dashboard_live(State(state): State<AppState>) -> Response {
     )
 )]
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    for c in state.registry.clusters() {
+    for c in state.membership.clusters() {
         metrics::gauge!("rollcall_live_members", "cluster" => c.cluster)
             .set(f64::from(c.live_members));
     }
@@ -678,7 +678,7 @@ async fn cluster_detail(
     ApiPath(cluster): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     validate_name(NameKind::Cluster, &cluster)?;
-    match state.registry.cluster_detail(&cluster) {
+    match state.membership.cluster_detail(&cluster) {
         Some(d) => Ok((index_header(d.index), Json(d)).into_response()),
         None => Err(ApiError::NotFound(format!(
             "the registry knows no cluster {cluster:?}"
@@ -703,7 +703,7 @@ async fn cluster_detail(
 )]
 async fn clusters(State(state): State<AppState>) -> Json<ClustersResponse> {
     Json(ClustersResponse {
-        clusters: state.registry.clusters(),
+        clusters: state.membership.clusters(),
     })
 }
 
@@ -740,7 +740,7 @@ async fn claim(
     validate_name(NameKind::Cluster, &cluster)?;
     authorize(&state, &cluster, &headers)?;
     body.validate()?;
-    let (response, durability) = state.registry.claim(&cluster, &body)?;
+    let (response, durability) = state.membership.claim(&cluster, &body)?;
     wait_durable(&state, durability).await?;
     Ok(Json(response).into_response())
 }
@@ -780,7 +780,7 @@ async fn join_targets(
         role: query.role,
         kind,
     };
-    let (index, body) = state.lists.get(&state.registry, key).await;
+    let (index, body) = state.lists.get(&state.membership, key).await;
     let content_type = match format {
         JoinFormat::Json => "application/json",
         JoinFormat::Text => "text/plain; charset=utf-8",
@@ -802,7 +802,7 @@ async fn join_targets(
     )
 )]
 async fn health(State(state): State<AppState>) -> Response {
-    let check = state.registry.store().check();
+    let check = state.membership.store().check();
     let body = HealthResponse {
         status: if check.is_ok() {
             "ok".into()
@@ -813,7 +813,7 @@ async fn health(State(state): State<AppState>) -> Response {
             Ok(()) => "ok".into(),
             Err(e) => e.message.clone(),
         },
-        uptime_ms: state.registry.uptime().as_millis() as u64,
+        uptime_ms: state.membership.uptime().as_millis() as u64,
         version: env!("CARGO_PKG_VERSION").into(),
     };
     let status = if check.is_ok() {

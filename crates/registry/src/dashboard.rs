@@ -10,14 +10,14 @@ use std::time::Duration;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use rollcall_protocol::ClusterDetail;
 
-use crate::membership::{DecisionRecord, Registry};
+use crate::membership::{DecisionRecord, Membership};
 
 /// Most clusters the page shows; the rest are counted.
 const MAX_CLUSTERS_SHOWN: usize = 100;
 
 /// The whole page.
-pub fn page(registry: &Registry) -> Markup {
-    let timing = registry.timing();
+pub fn page(membership: &Membership) -> Markup {
+    let timing = membership.timing();
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -36,7 +36,7 @@ pub fn page(registry: &Registry) -> Markup {
                         " · version " (env!("CARGO_PKG_VERSION"))
                     }
                 }
-                main #live { (live(registry)) }
+                main #live { (live(membership)) }
                 footer {
                     "JSON: " a href="/v1/clusters" { "/v1/clusters" } " · " a href="/members?format=text" { "/members" }
                     " · " a href="/metrics" { "/metrics" } " · " a href="/health" { "/health" }
@@ -48,9 +48,9 @@ pub fn page(registry: &Registry) -> Markup {
     }
 }
 
-/// The part of the page that follows the registry.
-pub fn live(registry: &Registry) -> Markup {
-    let mut clusters = registry.clusters();
+/// The part of the page that follows the membership.
+pub fn live(membership: &Membership) -> Markup {
+    let mut clusters = membership.clusters();
     clusters.sort_by(|a, b| {
         b.live_members
             .cmp(&a.live_members)
@@ -60,9 +60,9 @@ pub fn live(registry: &Registry) -> Markup {
     let details: Vec<ClusterDetail> = clusters
         .iter()
         .take(MAX_CLUSTERS_SHOWN)
-        .filter_map(|c| registry.cluster_detail(&c.cluster))
+        .filter_map(|c| membership.cluster_detail(&c.cluster))
         .collect();
-    let decisions = registry.recent_decisions();
+    let decisions = membership.recent_decisions();
     html! {
         @if details.is_empty() {
             section.empty {

@@ -3,7 +3,7 @@
 //! Members heartbeat to it (`PUT /v1/clusters/{cluster}/members/{node}`), it keeps them in
 //! sled with an expiry, serves their join addresses (`GET /members`) and decides who may start
 //! a raft (`POST /v1/clusters/{cluster}/claims`). The modules, from the wire inwards:
-//! [`api`] (HTTP), [`auth`] (tokens), [`membership`] (the state and the claim rules),
+//! [`api`] (HTTP), [`auth`] (tokens), [`membership`] (the state, the write protocol and the claim rules),
 //! [`store`] (sled). [`run`] wires them together with the expiry sweeper and shutdown.
 
 pub mod api;
@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{AppState, HttpLimits};
 use crate::config::Config;
-use crate::membership::Registry;
+use crate::membership::Membership;
 use crate::serve::ServeOptions;
 use crate::store::Store;
 
@@ -34,7 +34,7 @@ use crate::store::Store;
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Opens the store and loads the registry's state.
-pub fn open_registry(config: &Config) -> anyhow::Result<Arc<Registry>> {
+pub fn open_membership(config: &Config) -> anyhow::Result<Arc<Membership>> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -43,9 +43,9 @@ pub fn open_registry(config: &Config) -> anyhow::Result<Arc<Registry>> {
     })?;
     let store = Store::open(&config.data_dir, config.cache_bytes)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
-    let registry = Registry::open(store, config.timing, config.limits)
+    let membership = Membership::open(store, config.timing, config.limits)
         .context("cannot load the stored state")?;
-    Ok(Arc::new(registry))
+    Ok(Arc::new(membership))
 }
 
 /// Serves the registry on `listener` until `shutdown` completes, then drains in-flight
@@ -59,11 +59,11 @@ pub async fn run(
         Some((cert, key)) => Some(serve::load_tls(cert, key)?),
         None => None,
     };
-    let registry = open_registry(&config)?;
+    let membership = open_membership(&config)?;
     crate::telemetry::prometheus();
     let stop_streams = tokio_util::sync::CancellationToken::new();
     let state = AppState {
-        registry: registry.clone(),
+        membership: membership.clone(),
         tokens: Arc::new(config.tokens.clone()),
         shutdown: stop_streams.clone(),
         max_watch_wait: config.max_watch_wait,
@@ -91,13 +91,13 @@ pub async fn run(
         "rollcall-registry serving"
     );
 
-    let sweeper_registry = registry.clone();
+    let sweeper_membership = membership.clone();
     let sweeper = tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            sweeper_registry.expire_due();
+            sweeper_membership.expire_due();
         }
     });
 
@@ -114,7 +114,7 @@ pub async fn run(
     })
     .await;
     sweeper.abort();
-    registry
+    membership
         .store()
         .flush_blocking()
         .context("final storage flush failed")?;

@@ -13,12 +13,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::body::Bytes;
 use rollcall_protocol::{JoinTargetsResponse, MemberRole};
 
-use crate::membership::Registry;
+use crate::membership::Membership;
 
 /// How old a pre-serialised list may grow before a rebuild refreshes its ages. The age figures
 /// of an answer lag by at most this plus the time of one rebuild.
@@ -92,15 +94,15 @@ impl Built {
 
 impl ListCache {
     /// The list for `key` as `(index, body)`: from the cache when it is exact, otherwise built.
-    pub async fn get(&self, registry: &Arc<Registry>, key: ListKey) -> (u64, Bytes) {
+    pub async fn get(&self, membership: &Arc<Membership>, key: ListKey) -> (u64, Bytes) {
         let slot = self.slot(&key);
-        let current = registry.cluster_index(&key.cluster);
+        let current = membership.cluster_index(&key.cluster);
         if let Some(cached) = slot.cached() {
             match cached.freshness(current, Instant::now()) {
                 Freshness::Fresh => return (cached.index, cached.body),
                 Freshness::AgesStale => {
                     if !slot.refreshing.swap(true, Ordering::AcqRel) {
-                        spawn_refresh(registry.clone(), slot.clone(), key);
+                        spawn_refresh(membership.clone(), slot.clone(), key);
                     }
                     return (cached.index, cached.body);
                 }
@@ -109,7 +111,7 @@ impl ListCache {
         }
         // Single flight: whoever holds `build` builds; the others find its body on the recheck.
         let _building = slot.build.lock().await;
-        let current = registry.cluster_index(&key.cluster);
+        let current = membership.cluster_index(&key.cluster);
         if let Some(cached) = slot.cached() {
             if !matches!(cached.freshness(current, Instant::now()), Freshness::Wrong) {
                 return (cached.index, cached.body);
@@ -117,14 +119,14 @@ impl ListCache {
         }
         // Serialising a large cluster takes milliseconds of CPU: keep it off the reactor.
         let job = {
-            let (registry, key) = (registry.clone(), key.clone());
-            tokio::task::spawn_blocking(move || build(&registry, &key))
+            let (membership, key) = (membership.clone(), key.clone());
+            tokio::task::spawn_blocking(move || build(&membership, &key))
         };
         let built = match job.await {
             Ok(built) => built,
             // Only a panic in the builder gets here; build on this thread then, so that the
             // request is still answered (and the panic, if it repeats, is reported).
-            Err(_) => build(registry, &key),
+            Err(_) => build(membership, &key),
         };
         slot.store(built.clone());
         (built.index, built.body)
@@ -163,7 +165,7 @@ impl Slot {
 
 /// Rebuilds `slot` in the background to refresh its ages; clears `refreshing` when done, even if
 /// the build panics.
-fn spawn_refresh(registry: Arc<Registry>, slot: Arc<Slot>, key: ListKey) {
+fn spawn_refresh(membership: Arc<Membership>, slot: Arc<Slot>, key: ListKey) {
     struct Done(Arc<Slot>);
     impl Drop for Done {
         fn drop(&mut self) {
@@ -172,14 +174,14 @@ fn spawn_refresh(registry: Arc<Registry>, slot: Arc<Slot>, key: ListKey) {
     }
     let done = Done(slot);
     tokio::task::spawn_blocking(move || {
-        let built = build(&registry, &key);
+        let built = build(&membership, &key);
         done.0.store(built);
     });
 }
 
-fn build(registry: &Registry, key: &ListKey) -> Built {
+fn build(membership: &Membership, key: &ListKey) -> Built {
     let at = Instant::now();
-    let members = registry.members(&key.cluster, key.role);
+    let members = membership.members(&key.cluster, key.role);
     let soonest = members
         .members
         .iter()

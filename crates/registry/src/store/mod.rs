@@ -1,9 +1,10 @@
 //! Durable storage of members, claims and bootstrap grants in sled. Nothing else in the
-//! registry touches sled.
+//! registry touches sled. The records' disk format lives in [`records`], the group-commit
+//! flusher in [`flusher`].
 //!
 //! # Key layout
 //!
-//! Three trees, each value a JSON record with a version field `v`:
+//! Three trees, each value a JSON record with a version field `v` (see [`records`]):
 //!
 //! | tree      | key               | value             | written when                                   |
 //! |-----------|-------------------|-------------------|------------------------------------------------|
@@ -25,108 +26,18 @@
 //! `flush_async` is not used because it deadlocks under concurrent callers. A plain renewal does
 //! not write at all, and status or metadata changes are written without waiting for the disk.
 
+mod flusher;
+pub mod records;
+
 use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use rollcall_protocol::{AgentStatus, GrantedRole, MemberRole};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use tokio::sync::oneshot;
 
-/// Version of the stored records. A record with another version is skipped at load with a
-/// warning instead of being misread.
-const RECORD_VERSION: u32 = 1;
+pub use records::{decode, encode, ClaimRecord, GrantRecord, MemberRecord, Record};
 
-/// A member as stored: everything its last heartbeat said, without the expiry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MemberRecord {
-    pub v: u32,
-    pub address: String,
-    pub role: MemberRole,
-    #[serde(default)]
-    pub status: AgentStatus,
-    #[serde(default)]
-    pub meta: BTreeMap<String, String>,
-    /// Wall-clock time of the first registration, for people reading the record.
-    pub registered_at_unix_ms: u64,
-}
-
-/// A granted claim as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimRecord {
-    pub v: u32,
-    pub role: GrantedRole,
-    pub address: String,
-    pub expect: u32,
-    pub granted_at_unix_ms: u64,
-}
-
-/// The last bootstrap grant of a cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GrantRecord {
-    pub v: u32,
-    pub node: String,
-    pub address: String,
-    pub expect: u32,
-    /// 1 for the cluster's first raft, then one more for each new raft.
-    pub generation: u64,
-    pub granted_at_unix_ms: u64,
-}
-
-impl MemberRecord {
-    pub fn new(
-        address: String,
-        role: MemberRole,
-        status: AgentStatus,
-        meta: BTreeMap<String, String>,
-        registered_at_unix_ms: u64,
-    ) -> Self {
-        MemberRecord {
-            v: RECORD_VERSION,
-            address,
-            role,
-            status,
-            meta,
-            registered_at_unix_ms,
-        }
-    }
-}
-
-impl ClaimRecord {
-    pub fn new(role: GrantedRole, address: String, expect: u32, granted_at_unix_ms: u64) -> Self {
-        ClaimRecord {
-            v: RECORD_VERSION,
-            role,
-            address,
-            expect,
-            granted_at_unix_ms,
-        }
-    }
-}
-
-impl GrantRecord {
-    pub fn new(
-        node: String,
-        address: String,
-        expect: u32,
-        generation: u64,
-        granted_at_unix_ms: u64,
-    ) -> Self {
-        GrantRecord {
-            v: RECORD_VERSION,
-            node,
-            address,
-            expect,
-            generation,
-            granted_at_unix_ms,
-        }
-    }
-}
+use flusher::{run_flusher, FlushReply, FlusherStats};
 
 /// A storage failure. `disk_full` lets the API answer 507 instead of 500.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -167,8 +78,6 @@ pub struct Loaded {
     pub n_skipped: usize,
 }
 
-type FlushReply = oneshot::Sender<Result<(), StoreError>>;
-
 /// The registry's storage: a cheap `Clone` around the sled database and the flusher.
 #[derive(Clone)]
 pub struct Store {
@@ -184,12 +93,6 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store").finish_non_exhaustive()
     }
-}
-
-/// What the flusher last did, for `/health`.
-#[derive(Debug, Default)]
-pub struct FlusherStats {
-    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Store {
@@ -239,35 +142,22 @@ impl Store {
     /// Reads every stored record. Records that do not decode are skipped and logged.
     pub fn load(&self) -> Result<Loaded, StoreError> {
         let mut loaded = Loaded::default();
-        for item in self.members.iter() {
-            let (key, value) = item?;
-            match (split_key(&key), decode::<MemberRecord>(&value)) {
-                (Some((c, n)), Ok(rec)) => loaded.members.push((c, n, rec)),
-                (_, res) => {
-                    skip("members", &key, res.err());
-                    loaded.n_skipped += 1;
-                }
+        for (key, record) in load_tree::<MemberRecord>(&self.members, &mut loaded.n_skipped)? {
+            match split_key(&key) {
+                Some((cluster, node)) => loaded.members.push((cluster, node, record)),
+                None => skip_bad_key("members", &key, &mut loaded.n_skipped),
             }
         }
-        for item in self.claims.iter() {
-            let (key, value) = item?;
-            match (split_key(&key), decode::<ClaimRecord>(&value)) {
-                (Some((c, n)), Ok(rec)) => loaded.claims.push((c, n, rec)),
-                (_, res) => {
-                    skip("claims", &key, res.err());
-                    loaded.n_skipped += 1;
-                }
+        for (key, record) in load_tree::<ClaimRecord>(&self.claims, &mut loaded.n_skipped)? {
+            match split_key(&key) {
+                Some((cluster, node)) => loaded.claims.push((cluster, node, record)),
+                None => skip_bad_key("claims", &key, &mut loaded.n_skipped),
             }
         }
-        for item in self.grants.iter() {
-            let (key, value) = item?;
-            let cluster = std::str::from_utf8(&key).ok().map(str::to_string);
-            match (cluster, decode::<GrantRecord>(&value)) {
-                (Some(c), Ok(rec)) => loaded.grants.push((c, rec)),
-                (_, res) => {
-                    skip("grants", &key, res.err());
-                    loaded.n_skipped += 1;
-                }
+        for (key, record) in load_tree::<GrantRecord>(&self.grants, &mut loaded.n_skipped)? {
+            match std::str::from_utf8(&key) {
+                Ok(cluster) => loaded.grants.push((cluster.to_string(), record)),
+                Err(_) => skip_bad_key("grants", &key, &mut loaded.n_skipped),
             }
         }
         Ok(loaded)
@@ -346,48 +236,6 @@ impl Store {
     }
 }
 
-/// The group-commit loop: wait for one request, take every other waiting one, flush once,
-/// answer them all. Ends when every `Store` clone is gone.
-fn run_flusher(
-    db: sled::Db,
-    log_file: std::fs::File,
-    requests: mpsc::Receiver<FlushReply>,
-    stats: Arc<FlusherStats>,
-) {
-    while let Ok(first) = requests.recv() {
-        let mut batch = vec![first];
-        batch.extend(requests.try_iter());
-        let started = Instant::now();
-        let result = db
-            .flush()
-            .map(|_| ())
-            .map_err(StoreError::from)
-            .and_then(|()| {
-                log_file
-                    .sync_data()
-                    .map_err(|e| StoreError::from(sled::Error::Io(e)))
-            });
-        let took = started.elapsed();
-        metrics::histogram!("rollcall_storage_flush_seconds").record(took.as_secs_f64());
-        metrics::histogram!("rollcall_storage_flush_batch_size").record(batch.len() as f64);
-        if took > Duration::from_millis(200) {
-            tracing::warn!(
-                took_ms = took.as_millis() as u64,
-                batch = batch.len(),
-                "slow storage flush"
-            );
-        }
-        *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-            result.as_ref().err().map(|e| e.message.clone());
-        if let Err(e) = &result {
-            tracing::error!(error = %e.message, batch = batch.len(), "storage flush failed; the writes waiting on it are refused");
-        }
-        for reply in batch {
-            let _ = reply.send(result.clone());
-        }
-    }
-}
-
 fn key(cluster: &str, node: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(cluster.len() + 1 + node.len());
     k.extend_from_slice(cluster.as_bytes());
@@ -402,91 +250,85 @@ fn split_key(key: &[u8]) -> Option<(String, String)> {
     Some((c.to_string(), n.to_string()))
 }
 
-fn encode<T: Serialize>(record: &T) -> Vec<u8> {
-    // Serialising these plain structs cannot fail: no maps with non-string keys, no floats.
-    serde_json::to_vec(record).unwrap_or_default()
+/// Every record of `tree` that decodes, with its key; the others are logged and counted.
+fn load_tree<R: Record>(
+    tree: &sled::Tree,
+    n_skipped: &mut usize,
+) -> Result<Vec<(sled::IVec, R)>, StoreError> {
+    let mut out = Vec::new();
+    for item in tree.iter() {
+        let (key, value) = item?;
+        match decode::<R>(&value) {
+            Ok(record) => out.push((key, record)),
+            Err(why) => {
+                tracing::warn!(tree = %String::from_utf8_lossy(&tree.name()), key = %String::from_utf8_lossy(&key), reason = why, "skipping a stored record that does not decode");
+                *n_skipped += 1;
+            }
+        }
+    }
+    Ok(out)
 }
 
-/// Decodes a stored record, refusing other versions. Public for the fuzz targets.
-pub fn decode<T: for<'de> Deserialize<'de> + Versioned>(bytes: &[u8]) -> Result<T, String> {
-    let record: T = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if record.version() != RECORD_VERSION {
-        return Err(format!(
-            "record version {} is not {RECORD_VERSION}",
-            record.version()
-        ));
-    }
-    Ok(record)
-}
-
-/// Records carry their format version.
-pub trait Versioned {
-    fn version(&self) -> u32;
-}
-impl Versioned for MemberRecord {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-impl Versioned for ClaimRecord {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-impl Versioned for GrantRecord {
-    fn version(&self) -> u32 {
-        self.v
-    }
-}
-
-fn skip(tree: &str, key: &[u8], why: Option<String>) {
-    tracing::warn!(tree, key = %String::from_utf8_lossy(key), reason = why.unwrap_or_else(|| "bad key".into()), "skipping a stored record that does not decode");
+fn skip_bad_key(tree: &str, key: &[u8], n_skipped: &mut usize) {
+    tracing::warn!(tree, key = %String::from_utf8_lossy(key), "skipping a stored record whose key does not split into cluster and node");
+    *n_skipped += 1;
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use rollcall_protocol::{AgentStatus, GrantedRole, MemberRole};
+
     use super::*;
 
-    #[tokio::test]
-    async fn records_survive_reopen_after_flush() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let store = Store::open(dir.path(), 1 << 20).expect("open");
-            let rec = MemberRecord::new(
-                "10.0.0.1:8300".into(),
-                MemberRole::Server,
-                AgentStatus::default(),
-                BTreeMap::new(),
-                1,
-            );
-            store.put_member("c1", "n1", &rec).expect("put");
-            store
-                .put_claim(
-                    "c1",
-                    "n1",
-                    &ClaimRecord::new(GrantedRole::Bootstrap, "10.0.0.1:8300".into(), 3, 1),
-                )
-                .expect("put");
-            store
-                .put_grant(
-                    "c1",
-                    &GrantRecord::new("n1".into(), "10.0.0.1:8300".into(), 3, 1, 1),
-                )
-                .expect("put");
-            store.flush().await.expect("flush");
-        }
+    fn reopen(dir: &Path) -> Store {
         // The flusher thread lets go of the database a moment after the last `Store` is dropped.
         let deadline = Instant::now() + Duration::from_secs(5);
-        let store = loop {
-            match Store::open(dir.path(), 1 << 20) {
-                Ok(s) => break s,
+        loop {
+            match Store::open(dir, 1 << 20) {
+                Ok(s) => return s,
                 Err(e) if Instant::now() < deadline => {
                     assert!(e.message.contains("lock"), "{e}");
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(e) => panic!("reopen: {e}"),
             }
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopen_after_flush() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), 1 << 20).expect("open");
+            let rec = MemberRecord {
+                address: "10.0.0.1:8300".into(),
+                role: MemberRole::Server,
+                status: AgentStatus::default(),
+                meta: BTreeMap::new(),
+                registered_at_unix_ms: 1,
+            };
+            store.put_member("c1", "n1", &rec).expect("put");
+            let claim = ClaimRecord {
+                role: GrantedRole::Bootstrap,
+                address: "10.0.0.1:8300".into(),
+                expect: 3,
+                granted_at_unix_ms: 1,
+            };
+            store.put_claim("c1", "n1", &claim).expect("put");
+            let grant = GrantRecord {
+                node: "n1".into(),
+                address: "10.0.0.1:8300".into(),
+                expect: 3,
+                generation: 1,
+                granted_at_unix_ms: 1,
+            };
+            store.put_grant("c1", &grant).expect("put");
+            store.flush().await.expect("flush");
+        }
+        let store = reopen(dir.path());
         let loaded = store.load().expect("load");
         assert_eq!(loaded.members.len(), 1);
         assert_eq!(loaded.members[0].0, "c1");
@@ -496,16 +338,32 @@ mod tests {
         assert_eq!(loaded.n_skipped, 0);
     }
 
-    #[test]
-    fn decode_refuses_garbage_and_other_versions() {
-        assert!(decode::<MemberRecord>(b"").is_err());
-        assert!(decode::<MemberRecord>(
-            b"{\"v\":2,\"address\":\"a:1\",\"role\":\"server\",\"registered_at_unix_ms\":0}"
-        )
-        .is_err());
-        assert!(decode::<MemberRecord>(
-            b"{\"v\":1,\"address\":\"a:1\",\"role\":\"server\",\"registered_at_unix_ms\":0}"
-        )
-        .is_ok());
+    /// A data directory written by format 1 loads, and a record that does not decode is counted
+    /// and skipped rather than misread.
+    #[tokio::test]
+    async fn a_store_of_format_1_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), 1 << 20).expect("open");
+            store
+                .members
+                .insert(&b"c1/n1"[..], &br#"{"v":1,"address":"10.0.0.1:8300","role":"agent","status":{},"meta":{},"registered_at_unix_ms":5}"#[..])
+                .expect("insert");
+            store
+                .members
+                .insert(&b"c1/bad"[..], &b"not json"[..])
+                .expect("insert");
+            store
+                .grants
+                .insert(&b"c1"[..], &br#"{"v":1,"node":"n1","address":"10.0.0.1:8300","expect":3,"generation":4,"granted_at_unix_ms":6}"#[..])
+                .expect("insert");
+            store.flush().await.expect("flush");
+        }
+        let loaded = reopen(dir.path()).load().expect("load");
+        assert_eq!(loaded.members.len(), 1);
+        assert_eq!(loaded.members[0].2.role, MemberRole::Agent);
+        assert_eq!(loaded.members[0].2.registered_at_unix_ms, 5);
+        assert_eq!(loaded.grants[0].1.generation, 4);
+        assert_eq!(loaded.n_skipped, 1);
     }
 }

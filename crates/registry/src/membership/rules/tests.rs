@@ -1,0 +1,364 @@
+//! Table tests of [`decide`]: every rule, every refusal, and the order in which they apply.
+//! No sockets, no sleeps: the inputs are the whole story.
+
+use std::time::Duration;
+
+use rollcall_protocol::GrantedRole::{self, Agent, Bootstrap, Server};
+
+use super::*;
+
+const S: Duration = Duration::from_secs(1);
+
+/// A claim after the startup grace, in a cluster where nothing is live and nothing was ever seen.
+fn base() -> ClaimInputs<'static> {
+    ClaimInputs {
+        cluster: "c1",
+        node: "n1",
+        expect: 3,
+        agent_only: false,
+        own_claim: None,
+        others: Others::default(),
+        uptime: 60 * S,
+        startup_grace: 10 * S,
+        last_seen_ago: None,
+        quiet_period: 15 * S,
+        interval: 5 * S,
+        last_generation: None,
+    }
+}
+
+fn others(any: usize, members: usize, servers: usize) -> Others {
+    Others {
+        any,
+        members,
+        servers,
+    }
+}
+
+/// What a case expects: the rule that decides and the role it grants (`None`: deferred).
+struct Case {
+    name: &'static str,
+    inputs: ClaimInputs<'static>,
+    rule: Rule,
+    role: Option<GrantedRole>,
+}
+
+fn cases() -> Vec<Case> {
+    let b = base;
+    vec![
+        Case {
+            name: "empty cluster, first raft",
+            inputs: b(),
+            rule: Rule::Bootstrap,
+            role: Some(Bootstrap),
+        },
+        Case {
+            name: "bootstrap holder claims again while alone",
+            inputs: ClaimInputs {
+                own_claim: Some(Bootstrap),
+                ..b()
+            },
+            rule: Rule::SameAnswer,
+            role: Some(Bootstrap),
+        },
+        Case {
+            name: "bootstrap holder claims again once others heartbeat",
+            inputs: ClaimInputs {
+                own_claim: Some(Bootstrap),
+                others: others(2, 2, 2),
+                ..b()
+            },
+            rule: Rule::HolderJoins,
+            role: Some(Server),
+        },
+        Case {
+            name: "bootstrap holder with others that only claim (not heartbeating) keeps its grant",
+            inputs: ClaimInputs {
+                own_claim: Some(Bootstrap),
+                others: others(2, 0, 2),
+                ..b()
+            },
+            rule: Rule::SameAnswer,
+            role: Some(Bootstrap),
+        },
+        Case {
+            name: "a server claim is answered the same, even inside the startup grace",
+            inputs: ClaimInputs {
+                own_claim: Some(Server),
+                uptime: S,
+                others: others(3, 3, 3),
+                ..b()
+            },
+            rule: Rule::SameAnswer,
+            role: Some(Server),
+        },
+        Case {
+            name: "an agent claim is answered the same",
+            inputs: ClaimInputs {
+                own_claim: Some(Agent),
+                ..b()
+            },
+            rule: Rule::SameAnswer,
+            role: Some(Agent),
+        },
+        Case {
+            name: "no claim inside the startup grace",
+            inputs: ClaimInputs { uptime: S, ..b() },
+            rule: Rule::StartupGrace,
+            role: None,
+        },
+        Case {
+            name: "agent-only inside the startup grace still waits",
+            inputs: ClaimInputs {
+                uptime: S,
+                agent_only: true,
+                ..b()
+            },
+            rule: Rule::StartupGrace,
+            role: None,
+        },
+        Case {
+            name: "agent-only in an empty cluster",
+            inputs: ClaimInputs {
+                agent_only: true,
+                ..b()
+            },
+            rule: Rule::AgentOnly,
+            role: Some(Agent),
+        },
+        Case {
+            name: "agent-only with free server slots",
+            inputs: ClaimInputs {
+                agent_only: true,
+                others: others(1, 1, 1),
+                ..b()
+            },
+            rule: Rule::AgentOnly,
+            role: Some(Agent),
+        },
+        Case {
+            name: "servers fill expect",
+            inputs: ClaimInputs {
+                others: others(3, 3, 3),
+                ..b()
+            },
+            rule: Rule::SlotsFull,
+            role: Some(Agent),
+        },
+        Case {
+            name: "more servers than expect",
+            inputs: ClaimInputs {
+                expect: 1,
+                others: others(2, 2, 2),
+                ..b()
+            },
+            rule: Rule::SlotsFull,
+            role: Some(Agent),
+        },
+        Case {
+            name: "one live server of three",
+            inputs: ClaimInputs {
+                others: others(1, 0, 1),
+                ..b()
+            },
+            rule: Rule::TakeSlot,
+            role: Some(Server),
+        },
+        Case {
+            name: "two live servers of three, agents beside them",
+            inputs: ClaimInputs {
+                others: others(5, 5, 2),
+                ..b()
+            },
+            rule: Rule::TakeSlot,
+            role: Some(Server),
+        },
+        Case {
+            name: "only agents live: a raft may run",
+            inputs: ClaimInputs {
+                others: others(2, 2, 0),
+                ..b()
+            },
+            rule: Rule::NoLiveServer,
+            role: None,
+        },
+        Case {
+            name: "only an agent claim live",
+            inputs: ClaimInputs {
+                others: others(1, 0, 0),
+                ..b()
+            },
+            rule: Rule::NoLiveServer,
+            role: None,
+        },
+        Case {
+            name: "nothing live, last member seen within the quiet period",
+            inputs: ClaimInputs {
+                last_seen_ago: Some(3 * S),
+                last_generation: Some(1),
+                ..b()
+            },
+            rule: Rule::QuietPeriod,
+            role: None,
+        },
+        Case {
+            name: "nothing live, quiet period just over",
+            inputs: ClaimInputs {
+                last_seen_ago: Some(15 * S),
+                last_generation: Some(1),
+                ..b()
+            },
+            rule: Rule::Bootstrap,
+            role: Some(Bootstrap),
+        },
+        Case {
+            name: "live servers decide before the quiet period matters",
+            inputs: ClaimInputs {
+                last_seen_ago: Some(S),
+                others: others(1, 1, 1),
+                ..b()
+            },
+            rule: Rule::TakeSlot,
+            role: Some(Server),
+        },
+    ]
+}
+
+#[test]
+fn every_case_is_decided_by_its_rule() {
+    for case in cases() {
+        let decision = decide(&case.inputs);
+        assert_eq!(decision.rule(), case.rule, "{}: {decision:?}", case.name);
+        let role = match &decision {
+            Decision::Grant { role, .. } => Some(*role),
+            Decision::Defer { .. } => None,
+        };
+        assert_eq!(role, case.role, "{}: {decision:?}", case.name);
+    }
+}
+
+#[test]
+fn every_rule_has_a_case() {
+    let cases = cases();
+    for rule in Rule::ALL {
+        assert!(
+            cases.iter().any(|c| c.rule == rule),
+            "no table case is decided by rule {rule}"
+        );
+    }
+}
+
+#[test]
+fn rule_ids_are_unique() {
+    let mut ids: Vec<&str> = Rule::ALL.iter().map(|r| r.id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), Rule::ALL.len());
+}
+
+#[test]
+fn bootstrap_generations_count_up_and_saturate() {
+    let generation = |last| match decide(&ClaimInputs {
+        last_generation: last,
+        ..base()
+    }) {
+        Decision::Grant { generation, .. } => generation,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(generation(None), Some(1));
+    assert_eq!(generation(Some(1)), Some(2));
+    assert_eq!(generation(Some(u64::MAX)), Some(u64::MAX));
+}
+
+#[test]
+fn only_a_new_bootstrap_carries_a_generation() {
+    for case in cases() {
+        if let Decision::Grant {
+            rule, generation, ..
+        } = decide(&case.inputs)
+        {
+            assert_eq!(
+                generation.is_some(),
+                rule == Rule::Bootstrap,
+                "{}",
+                case.name
+            );
+        }
+    }
+}
+
+#[test]
+fn refusals_say_how_long_to_wait() {
+    let wait = |inputs: ClaimInputs<'static>| match decide(&inputs) {
+        Decision::Defer { retry_after, .. } => retry_after,
+        other => panic!("{other:?}"),
+    };
+    // The rest of the grace, the rest of the quiet period, one interval otherwise.
+    assert_eq!(
+        wait(ClaimInputs {
+            uptime: 4 * S,
+            ..base()
+        }),
+        6 * S
+    );
+    assert_eq!(
+        wait(ClaimInputs {
+            last_seen_ago: Some(5 * S),
+            ..base()
+        }),
+        10 * S
+    );
+    assert_eq!(
+        wait(ClaimInputs {
+            others: others(1, 1, 0),
+            ..base()
+        }),
+        5 * S
+    );
+}
+
+#[test]
+fn reasons_name_the_node_and_the_figures() {
+    match decide(&ClaimInputs {
+        others: others(2, 2, 2),
+        ..base()
+    }) {
+        Decision::Grant { reason, .. } => {
+            assert!(
+                reason.contains("n1") && reason.contains("2 of expect=3"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    match decide(&ClaimInputs {
+        last_seen_ago: Some(3 * S),
+        ..base()
+    }) {
+        Decision::Defer { message, .. } => {
+            assert!(
+                message.contains("3s ago") && message.contains("15s"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// README.md lists the rules once, each tagged `[rule `id`]`: every id there is a rule, and
+/// every rule is there, in the order `decide` tries them.
+#[test]
+fn readme_lists_every_rule_by_its_id_in_order() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("read README.md");
+    let tagged: Vec<&str> = readme
+        .split("[rule `")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("`]").map(|(id, _)| id))
+        .collect();
+    let ids: Vec<&str> = Rule::ALL.iter().map(|r| r.id()).collect();
+    assert_eq!(
+        tagged, ids,
+        "README.md's rule list and rules::Rule::ALL differ"
+    );
+}

@@ -1,0 +1,300 @@
+//! The registry's state in memory, and the changes to it that every write shares: filing and
+//! refreshing an entry, removing it, expiring what is due, and the limits on what is held.
+//! Nothing here decides a claim (that is `rules.rs`) or talks to a client.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use rollcall_protocol::{AgentStatus, GrantedRole, HeartbeatRequest, MemberRole};
+use tokio::time::Instant;
+
+use super::expiry::{ExpiryIndex, Filed};
+use super::rules::Others;
+use super::{unix_ms_now, DecisionRecord, Limits, RefusedError, RECENT_DECISIONS};
+use crate::store::{ClaimRecord, GrantRecord, MemberRecord, Store};
+
+/// Everything the registry knows, behind `Membership`'s one lock.
+#[derive(Debug)]
+pub(super) struct State {
+    /// Every cluster the registry has heard of, by name.
+    pub clusters: HashMap<String, ClusterState>,
+    /// Node entries by deadline, so that the sweep finds what is due without scanning.
+    pub expiry: ExpiryIndex,
+    /// Grows by one for every membership change in any cluster; a cluster's `index` is the
+    /// value at its last change, as Consul's blocking queries use the raft index.
+    pub index: u64,
+    /// Grows with every change or decision: what `Membership::subscribe` publishes, so that
+    /// watchers and the dashboard's event stream wake without polling.
+    pub events: u64,
+    /// The last [`RECENT_DECISIONS`] claim decisions, for the dashboard.
+    pub decisions: VecDeque<DecisionRecord>,
+    /// The TTL: an entry's deadline is its last refresh plus this.
+    pub ttl: Duration,
+}
+
+/// One cluster.
+#[derive(Debug, Default)]
+pub(super) struct ClusterState {
+    /// Live nodes (members, claimants or both) by name.
+    pub nodes: HashMap<String, NodeEntry>,
+    /// The last bootstrap grant, kept after its holder is gone as the cluster's history: the
+    /// next bootstrap is one generation later.
+    pub grant: Option<GrantRecord>,
+    /// When an entry of this cluster was last live before it expired or left. A new raft may
+    /// not be bootstrapped until `quiet_period` after this.
+    pub last_seen: Option<Instant>,
+    /// The global index at this cluster's last membership change, for blocking reads.
+    pub index: u64,
+}
+
+/// A live node: it heartbeats, holds a claim, or both.
+#[derive(Debug)]
+pub(super) struct NodeEntry {
+    /// Its member record, once its agent is healthy and it heartbeats.
+    pub member: Option<LiveMember>,
+    /// The role it was granted, while the claim is live (a claim is renewed by claiming again
+    /// and by heartbeats, and dies with the entry).
+    pub claim: Option<ClaimRecord>,
+    /// Where the entry is filed in the expiry index: under the deadline it had when filed,
+    /// which a renewal since may have moved on (see `expiry.rs`).
+    pub filed: Filed,
+    /// The last heartbeat or claim. The entry's deadline is this plus the TTL, and "freshest
+    /// first" orders join targets by it.
+    pub last_refresh: Instant,
+}
+
+/// A member's record and when it last heartbeat.
+#[derive(Debug)]
+pub(super) struct LiveMember {
+    pub record: MemberRecord,
+    /// The last heartbeat (a claim renews the entry, not this): what a member's age counts.
+    pub last_heartbeat: Instant,
+}
+
+/// What a heartbeat changes in a member's record: the one check that both the renewal fast
+/// path and the write use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Change {
+    /// No record yet: the member registers (durable).
+    Registers,
+    /// A new address or role (durable: join targets depend on it).
+    AddressOrRole,
+    /// Only the status or metadata (written, not waited for).
+    StatusOrMeta,
+    /// A plain renewal: nothing is written.
+    Nothing,
+}
+
+pub(super) fn change_of(previous: Option<&MemberRecord>, hb: &HeartbeatRequest) -> Change {
+    let Some(rec) = previous else {
+        return Change::Registers;
+    };
+    // A heartbeat without a status reports the empty status.
+    let same_status = match &hb.status {
+        Some(status) => *status == rec.status,
+        None => rec.status == AgentStatus::default(),
+    };
+    if rec.address != hb.address || rec.role != hb.role {
+        Change::AddressOrRole
+    } else if !same_status || rec.meta != hb.meta {
+        Change::StatusOrMeta
+    } else {
+        Change::Nothing
+    }
+}
+
+impl NodeEntry {
+    pub fn deadline(&self, ttl: Duration) -> Instant {
+        self.last_refresh + ttl
+    }
+
+    pub fn is_live(&self, ttl: Duration, now: Instant) -> bool {
+        self.deadline(ttl) > now
+    }
+
+    /// The role of its claim for a log line, `none` without one.
+    pub fn claim_name(&self) -> &'static str {
+        self.claim.as_ref().map_or("none", |c| c.role.as_str())
+    }
+
+    /// A bootstrap or server claim, or a member reporting `server`.
+    pub fn holds_server_slot(&self) -> bool {
+        matches!(
+            self.claim.as_ref().map(|c| c.role),
+            Some(GrantedRole::Bootstrap | GrantedRole::Server)
+        ) || self.member.as_ref().map(|m| m.record.role) == Some(MemberRole::Server)
+    }
+}
+
+impl ClusterState {
+    /// What is live besides `node`. Expired entries were removed by `expire_due` just before
+    /// this is called.
+    pub fn others(&self, node: &str) -> Others {
+        let mut o = Others::default();
+        for (name, e) in &self.nodes {
+            if name == node {
+                continue;
+            }
+            o.any += 1;
+            if e.member.is_some() {
+                o.members += 1;
+            }
+            if e.holds_server_slot() {
+                o.servers += 1;
+            }
+        }
+        o
+    }
+}
+
+impl State {
+    pub fn new(ttl: Duration) -> State {
+        State {
+            clusters: HashMap::new(),
+            expiry: ExpiryIndex::default(),
+            index: 0,
+            events: 0,
+            decisions: VecDeque::new(),
+            ttl,
+        }
+    }
+
+    pub fn bump_index(&mut self) -> u64 {
+        self.index += 1;
+        self.events += 1;
+        self.index
+    }
+
+    pub fn record_decision(&mut self, cluster: &str, node: &str, outcome: &str, reason: &str) {
+        if self.decisions.len() == RECENT_DECISIONS {
+            self.decisions.pop_front();
+        }
+        self.decisions.push_back(DecisionRecord {
+            at_unix_ms: unix_ms_now(),
+            cluster: cluster.to_string(),
+            node: node.to_string(),
+            outcome: outcome.to_string(),
+            reason: reason.to_string(),
+        });
+        self.events += 1;
+    }
+
+    /// The entry of `node`, if it is live in memory.
+    pub fn entry(&self, cluster: &str, node: &str) -> Option<&NodeEntry> {
+        self.clusters.get(cluster)?.nodes.get(node)
+    }
+
+    /// Creates the entry of `node` (filed in the expiry index) or refreshes it (its deadline
+    /// moves; the index is not touched). Allocates only for a new cluster or node.
+    pub fn touch(&mut self, cluster: &str, node: &str, now: Instant) -> &mut NodeEntry {
+        if !self.clusters.contains_key(cluster) {
+            self.clusters
+                .insert(cluster.to_string(), ClusterState::default());
+        }
+        let deadline = now + self.ttl;
+        let Self {
+            clusters, expiry, ..
+        } = self;
+        let Some(cs) = clusters.get_mut(cluster) else {
+            unreachable!("the cluster was inserted just above")
+        };
+        if !cs.nodes.contains_key(node) {
+            let filed = expiry.file(cluster, node, deadline);
+            cs.nodes.insert(
+                node.to_string(),
+                NodeEntry {
+                    member: None,
+                    claim: None,
+                    filed,
+                    last_refresh: now,
+                },
+            );
+        }
+        let Some(entry) = cs.nodes.get_mut(node) else {
+            unreachable!("the node was inserted just above")
+        };
+        entry.last_refresh = now;
+        entry
+    }
+
+    /// Removes an entry from memory (not from the store or the expiry index: the caller either
+    /// popped it from the index or unfiles it) and records when it was last live.
+    pub fn remove_entry(&mut self, cluster: &str, node: &str, seen: Instant) -> Option<NodeEntry> {
+        let index = self.bump_index();
+        let cs = self.clusters.get_mut(cluster)?;
+        let entry = cs.nodes.remove(node)?;
+        cs.last_seen = Some(cs.last_seen.map_or(seen, |s| s.max(seen)));
+        if entry.member.is_some() {
+            cs.index = index;
+        }
+        Some(entry)
+    }
+
+    /// Expires every entry whose deadline is at or before `now`, deleting it from the store
+    /// (without waiting for the disk: an expiry lost in a crash only brings a member back with
+    /// a fresh TTL, after which it expires again). Returns how many expired.
+    pub fn expire_due(&mut self, now: Instant, store: &Store) -> usize {
+        let mut n_expired = 0;
+        while let Some((cluster, node)) = self.expiry.pop_due(now) {
+            let ttl = self.ttl;
+            let Some(entry) = self
+                .clusters
+                .get_mut(&cluster)
+                .and_then(|c| c.nodes.get_mut(&node))
+            else {
+                continue;
+            };
+            if entry.is_live(ttl, now) {
+                // Renewed since it was filed: file it again under its real deadline.
+                entry.filed = self.expiry.file(&cluster, &node, entry.deadline(ttl));
+                continue;
+            }
+            let last_refresh = entry.last_refresh;
+            if let Err(e) = store
+                .delete_member(&cluster, &node)
+                .and_then(|_| store.delete_claim(&cluster, &node))
+            {
+                tracing::warn!(cluster, node, error = %e, "could not delete an expired entry from storage; it will come back with a fresh TTL after a restart");
+            }
+            if let Some(entry) = self.remove_entry(&cluster, &node, last_refresh) {
+                n_expired += 1;
+                metrics::counter!("rollcall_expiries_total").increment(1);
+                tracing::info!(
+                    cluster,
+                    node,
+                    was_member = entry.member.is_some(),
+                    claim = entry.claim_name(),
+                    "expired: no heartbeat or claim within the TTL"
+                );
+            }
+        }
+        n_expired
+    }
+
+    /// Refuses a new cluster or member beyond the limits; known ones always pass.
+    pub fn check_room(
+        &self,
+        cluster: &str,
+        node: &str,
+        limits: &Limits,
+    ) -> Result<(), RefusedError> {
+        match self.clusters.get(cluster) {
+            None if self.clusters.len() >= limits.max_clusters => {
+                Err(RefusedError::LimitExceeded(format!(
+                    "the registry holds its limit of {} clusters; cluster {cluster:?} cannot be added",
+                    limits.max_clusters
+                )))
+            }
+            Some(cs)
+                if !cs.nodes.contains_key(node)
+                    && cs.nodes.len() >= limits.max_members_per_cluster =>
+            {
+                Err(RefusedError::LimitExceeded(format!(
+                    "cluster {cluster:?} holds its limit of {} members; {node:?} cannot be added",
+                    limits.max_members_per_cluster
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
