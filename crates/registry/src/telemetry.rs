@@ -15,6 +15,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::membership::Membership;
+
 /// Latency buckets from 100µs to 5s: heartbeats answer in well under a millisecond, flushes in
 /// a few milliseconds, a slow disk in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -45,6 +47,17 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// The `/metrics` text: the gauges computed from the membership now, then everything
+/// recorded. `None` when this process has no recorder of ours.
+pub fn render(membership: &Membership) -> Option<String> {
+    let handle = prometheus()?;
+    for c in membership.clusters() {
+        metrics::gauge!("rollcall_live_members", "cluster" => c.cluster)
+            .set(f64::from(c.live_members));
+    }
+    Some(handle.render())
 }
 
 /// Counts and times every request by its route template (never the raw path, which would let

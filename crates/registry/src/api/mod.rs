@@ -1,0 +1,137 @@
+//! The HTTP API. [`router`] builds the whole service, so tests can drive it with `oneshot` and
+//! the binary serves the very same thing. Handlers validate, authorize, call [`Membership`],
+//! and for writes that must be durable await the store's flush before answering.
+//!
+//! - `error.rs`: [`ApiError`] (status + `{code, message}`) and each route's set of statuses.
+//! - `extract.rs`: extractors whose rejections are `ApiError`s, and the path parameters.
+//! - `members.rs`, `claims.rs`, `clusters.rs`, `operations.rs`: the handlers, by resource.
+//! - `openapi.rs`: the OpenAPI document.
+
+mod claims;
+mod clusters;
+pub mod error;
+pub mod extract;
+mod members;
+pub mod openapi;
+mod operations;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use rollcall_protocol::INDEX_HEADER;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Denied, Tokens};
+use crate::lists::ListCache;
+use crate::membership::{Durability, Membership};
+
+pub use error::ApiError;
+pub use openapi::{openapi_document, ApiDoc};
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub membership: Arc<Membership>,
+    pub tokens: Arc<Tokens>,
+    /// Cancelled when shutdown begins, so that long polls and event streams end at once
+    /// instead of holding the drain open.
+    pub shutdown: CancellationToken,
+    /// Blocking reads wait at most this long, whatever they ask for.
+    pub max_watch_wait: Duration,
+    /// Pre-serialised list answers.
+    pub lists: Arc<ListCache>,
+}
+
+/// The wait of a blocking read that names none (Consul's default).
+pub const DEFAULT_WATCH_WAIT: Duration = Duration::from_secs(300);
+
+/// HTTP-level settings of the router.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+/// Builds the registry's HTTP service.
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    // Long polls and event streams outlive any request timeout by design; they are bounded
+    // by their own `wait` and end at shutdown.
+    let streaming = Router::new()
+        .route("/v1/clusters/{cluster}/members", get(members::list_members))
+        .route("/v1/events", get(operations::events));
+    Router::new()
+        .route("/", get(operations::dashboard_page))
+        .route("/dashboard/live", get(operations::dashboard_live))
+        .route("/metrics", get(operations::metrics_text))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/health", get(operations::health))
+        .route("/members", get(members::join_targets))
+        .route("/v1/clusters", get(clusters::clusters))
+        .route("/v1/clusters/{cluster}", get(clusters::cluster_detail))
+        .route(
+            "/v1/clusters/{cluster}/members/{node}",
+            get(members::get_member)
+                .put(members::heartbeat)
+                .delete(members::leave),
+        )
+        .route("/v1/clusters/{cluster}/claims", post(claims::claim))
+        .route_layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |_: tower::BoxError| async { ApiError::Timeout },
+                ))
+                .timeout(limits.request_timeout),
+        )
+        .merge(streaming)
+        .route_layer(axum::middleware::from_fn(crate::telemetry::track_requests))
+        .fallback(operations::not_found)
+        .method_not_allowed_fallback(operations::method_not_allowed)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(
+            // A 503 `not_ready` is an expected answer, and real failures are logged where they
+            // happen with their cause, so the trace layer reports failures at debug level only.
+            tower_http::trace::TraceLayer::new_for_http().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ),
+        )
+        .with_state(state)
+}
+
+fn authorize(state: &AppState, cluster: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+    let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    state
+        .tokens
+        .authorize(cluster, header)
+        .map_err(|denied| match denied {
+            Denied::Unauthorized => ApiError::Unauthorized,
+            Denied::Forbidden => {
+                ApiError::Forbidden(format!("this token may not write to cluster {cluster:?}"))
+            }
+        })
+}
+
+async fn wait_durable(state: &AppState, durability: Durability) -> Result<(), ApiError> {
+    if durability == Durability::FlushBeforeAnswer {
+        state.membership.store().flush().await?;
+    }
+    Ok(())
+}
+
+fn index_header(index: u64) -> [(&'static str, HeaderValue); 1] {
+    [(INDEX_HEADER, HeaderValue::from(index))]
+}
+
+fn list_response(index: u64, content_type: &'static str, body: Bytes) -> Response {
+    (
+        index_header(index),
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
+    )
+        .into_response()
+}
