@@ -5,7 +5,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{after_grace, TestRegistry, FAST};
+use common::{after_grace, is_not_ready, TestRegistry, FAST};
 use rollcall_protocol::{
     ClaimRequest, ClientError, ErrorCode, GrantedRole, HeartbeatRequest, MemberRole,
 };
@@ -160,17 +160,7 @@ async fn no_bootstrap_within_the_quiet_period_after_the_last_member() {
         .claim("q", &claim("new", 3))
         .await
         .expect_err("inside the quiet period");
-    assert!(
-        matches!(
-            err,
-            ClientError::Api {
-                status: 503,
-                code: ErrorCode::NotReady,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(is_not_ready(&err), "{err:?}");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let ok = c
         .claim("q", &claim("new", 3))
@@ -191,17 +181,7 @@ async fn no_bootstrap_while_any_member_is_live() {
         .claim("live", &claim("s1", 3))
         .await
         .expect_err("an agent is live");
-    assert!(
-        matches!(
-            err,
-            ClientError::Api {
-                status: 503,
-                code: ErrorCode::NotReady,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(is_not_ready(&err), "{err:?}");
     // A live server means a raft exists: the claimant joins it instead.
     c.heartbeat("live", "server-1", &hb("10.0.0.6:8300", MemberRole::Server))
         .await
@@ -219,7 +199,7 @@ async fn no_bootstrap_while_any_member_is_live() {
 
 #[tokio::test]
 async fn bootstrap_grant_survives_a_crash_and_blocks_a_second_raft() {
-    let mut reg = TestRegistry::start(&[
+    let mut reg = TestRegistry::start_process(&[
         "--ttl",
         "10s",
         "--interval",

@@ -12,12 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::TestRegistry;
+use common::{is_not_ready, TestRegistry};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rollcall_protocol::{
-    ClaimRequest, ClientError, GrantedRole, HeartbeatRequest, MemberRole, RegistryClient,
-};
+use rollcall_protocol::{ClaimRequest, GrantedRole, HeartbeatRequest, MemberRole, RegistryClient};
 
 const MEMBER_CLUSTERS: usize = 8;
 const CLAIM_CLUSTERS: usize = 8;
@@ -59,10 +57,6 @@ fn hb(address: &str) -> HeartbeatRequest {
         status: None,
         meta: BTreeMap::new(),
     }
-}
-
-fn is_not_ready(e: &ClientError) -> bool {
-    matches!(e, ClientError::Api { status: 503, .. })
 }
 
 /// One worker: random operations until the registry stops answering. Each worker touches
@@ -319,7 +313,7 @@ async fn sigkill_loses_no_acknowledged_write_and_never_grants_a_second_bootstrap
         "--quiet-period",
         "500ms",
     ];
-    let mut reg = TestRegistry::start(&args).await;
+    let mut reg = TestRegistry::start_process(&args).await;
     let model = Arc::new(Mutex::new(Model::default()));
     let mut tally = Tally::default();
     for cycle in 0..cycles {

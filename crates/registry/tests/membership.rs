@@ -161,7 +161,7 @@ async fn member_expires_within_ttl_plus_one_second() {
 
 #[tokio::test]
 async fn restart_keeps_members_and_gives_them_a_fresh_ttl() {
-    let mut reg = TestRegistry::start(&[
+    let mut reg = TestRegistry::start_process(&[
         "--ttl",
         "4s",
         "--interval",
@@ -205,7 +205,7 @@ async fn restart_keeps_members_and_gives_them_a_fresh_ttl() {
 
 #[tokio::test]
 async fn sigterm_drains_flushes_and_exits_zero() {
-    let mut reg = TestRegistry::start(FAST).await;
+    let mut reg = TestRegistry::start_process(FAST).await;
     let c = reg.client();
     c.heartbeat("t", "n1", &hb("10.0.0.1:1", MemberRole::Server))
         .await

@@ -1,5 +1,12 @@
-//! Test harness: the real `rollcall-registry` binary on a loopback port with sled in a temp
-//! dir. Every process a test starts is killed by its guard's `Drop`, by pid.
+//! Test harness: the registry on loopback with sled in a temp dir, in one of two forms.
+//!
+//! - [`TestRegistry::start`]: in-process, `rollcall_registry::run` on a listener bound to
+//!   `127.0.0.1:0` (no port is chosen and then released), on a runtime of its own. For every
+//!   test whose subject is the API and its rules, not the process.
+//! - [`TestRegistry::start_process`], [`TestRegistry::start_logged`],
+//!   [`TestRegistry::start_on`]: the real `rollcall-registry` binary, for tests whose subject is
+//!   the process: a kill -9, a restart, a signal, an exit code, its log. Every process a test
+//!   starts is killed by its guard's `Drop`, by pid.
 
 #![allow(dead_code)]
 
@@ -8,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use rollcall_protocol::RegistryClient;
+use clap::Parser;
+use rollcall_protocol::{ClientError, ErrorCode, RegistryClient};
 
 /// Timing that keeps tests quick: members expire 2s after their last heartbeat.
 pub const FAST: &[&str] = &[
@@ -24,6 +32,8 @@ pub const FAST: &[&str] = &[
 
 pub struct TestRegistry {
     child: Option<Child>,
+    /// Set for an in-process registry: dropping it starts the registry's graceful shutdown.
+    in_process: Option<tokio::sync::oneshot::Sender<()>>,
     pub port: u16,
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
@@ -50,6 +60,7 @@ impl TestRegistry {
     ) -> TestRegistry {
         TestRegistry {
             child: None,
+            in_process: None,
             port: 0,
             data_dir,
             _temp: temp,
@@ -60,13 +71,78 @@ impl TestRegistry {
         }
     }
 
-    /// Starts a registry with a new, empty data directory.
+    /// Starts an in-process registry with a new, empty data directory.
     pub async fn start(args: &[&str]) -> TestRegistry {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let mut reg = TestRegistry::new(temp.path().join("data"), None, args, None, "info");
+        reg._temp = Some(temp);
+        reg.run_in_process().await;
+        reg
+    }
+
+    /// Starts the `rollcall-registry` binary with a new, empty data directory.
+    pub async fn start_process(args: &[&str]) -> TestRegistry {
         let temp = tempfile::tempdir().expect("tempdir");
         let mut reg = TestRegistry::new(temp.path().join("data"), None, args, None, "info");
         reg._temp = Some(temp);
         reg.spawn().await;
         reg
+    }
+
+    /// `rollcall_registry::run` on its own thread and runtime, so that a test that blocks its
+    /// own thread cannot stall the server.
+    async fn run_in_process(&mut self) {
+        let mut argv = vec![
+            "rollcall-registry".to_string(),
+            "--data-dir".to_string(),
+            self.data_dir.display().to_string(),
+        ];
+        argv.extend(self.args.iter().cloned());
+        let cli = rollcall_registry::config::Cli::try_parse_from(&argv)
+            .unwrap_or_else(|e| panic!("registry arguments {argv:?}: {e}"));
+        let config = cli
+            .serve
+            .validate()
+            .unwrap_or_else(|e| panic!("registry arguments {argv:?}: {e}"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (bound, port) = std::sync::mpsc::channel::<u16>();
+        std::thread::Builder::new()
+            .name("test-registry".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("registry runtime");
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                        .await
+                        .expect("bind 127.0.0.1:0");
+                    let port = listener.local_addr().expect("local addr").port();
+                    bound.send(port).expect("report the port");
+                    let shutdown = async move {
+                        let _ = stopped.await;
+                    };
+                    if let Err(e) = rollcall_registry::run(config, listener, shutdown).await {
+                        eprintln!("in-process registry stopped: {e:#}");
+                    }
+                });
+            })
+            .expect("spawn the registry thread");
+        self.port = port
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the in-process registry did not bind");
+        self.in_process = Some(stop);
+        self.started_at = Instant::now();
+        let client = self.client();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while client.health().await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "in-process registry did not answer /health within 10s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Starts a registry whose log (at `level`) goes to a file the test can read.
@@ -172,7 +248,10 @@ impl TestRegistry {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.child
+            .as_ref()
+            .expect("a running process: start it with start_process")
+            .id()
     }
 
     /// SIGKILL: no shutdown path runs, nothing is flushed beyond what was acknowledged.
@@ -185,7 +264,10 @@ impl TestRegistry {
 
     /// SIGTERM and wait for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        let child = self.child.as_mut().expect("running");
+        let child = self
+            .child
+            .as_mut()
+            .expect("a running process: start it with start_process");
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
@@ -206,6 +288,10 @@ impl TestRegistry {
 
     /// Starts the same registry again on the same port and data directory.
     pub async fn restart(&mut self) {
+        assert!(
+            self.in_process.is_none(),
+            "an in-process registry cannot be killed: start it with start_process"
+        );
         self.kill9();
         self.spawn().await;
     }
@@ -214,7 +300,22 @@ impl TestRegistry {
 impl Drop for TestRegistry {
     fn drop(&mut self) {
         self.kill9();
+        if let Some(stop) = self.in_process.take() {
+            let _ = stop.send(());
+        }
     }
+}
+
+/// A `503 not_ready` refusal (as opposed to any other error, or a 503 for connections).
+pub fn is_not_ready(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Api {
+            status: 503,
+            code: ErrorCode::NotReady,
+            ..
+        }
+    )
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
