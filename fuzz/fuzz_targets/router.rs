@@ -63,6 +63,7 @@ fn harness() -> &'static Harness {
                 // Decide claims at once, so the fuzzer reaches the claim rules.
                 startup_grace: Duration::ZERO,
                 quiet_period: Duration::ZERO,
+                rebootstrap_after: None,
             };
             // Small bounds, so the fuzzer reaches the 429s.
             let limits = Limits {

@@ -193,6 +193,23 @@ impl RegistryClient {
         self.send(Method::POST, &path, Some(request)).await
     }
 
+    /// An operator's reset of `cluster`: forgets its raft so that the next claim may bootstrap.
+    pub async fn reset(
+        &self,
+        cluster: &str,
+        request: &ResetRequest,
+    ) -> Result<ResetResponse, ClientError> {
+        let path = format!("/v1/clusters/{}/reset", seg(cluster));
+        self.send(Method::POST, &path, Some(request)).await
+    }
+
+    /// One cluster in detail.
+    pub async fn cluster(&self, cluster: &str) -> Result<ClusterDetail, ClientError> {
+        let path = format!("/v1/clusters/{}", seg(cluster));
+        self.send::<ClusterDetail, ()>(Method::GET, &path, None)
+            .await
+    }
+
     /// Every cluster the registry knows.
     pub async fn clusters(&self) -> Result<ClustersResponse, ClientError> {
         self.send::<ClustersResponse, ()>(Method::GET, "/v1/clusters", None)

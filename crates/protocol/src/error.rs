@@ -46,6 +46,18 @@ pub enum ErrorCode {
     LimitExceeded,
     /// The registry cannot answer a claim safely yet; retry after `Retry-After` seconds (503).
     NotReady,
+    /// The node's name is live at another address; retry once that entry leaves or expires,
+    /// at most `Retry-After` seconds (409).
+    AddressConflict,
+    /// Claims disagree on `expect` before the raft is known; fix the setting (409).
+    ExpectConflict,
+    /// The cluster already had a raft: a new one needs an operator's reset, which the message
+    /// names (409). The claimant waits: the raft may come back.
+    ResetRequired,
+    /// A reset named another generation than the cluster's current one; nothing changed (409).
+    GenerationMismatch,
+    /// A reset found live members it was not told to force; nothing changed (409).
+    MembersLive,
     /// The storage failed; nothing was acknowledged (500 or 507).
     StorageError,
     /// The request took longer than the registry allows (408).
@@ -72,6 +84,11 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::NotReady => "not_ready",
+            ErrorCode::AddressConflict => "address_conflict",
+            ErrorCode::ExpectConflict => "expect_conflict",
+            ErrorCode::ResetRequired => "reset_required",
+            ErrorCode::GenerationMismatch => "generation_mismatch",
+            ErrorCode::MembersLive => "members_live",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
@@ -106,6 +123,11 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::LimitExceeded,
             ErrorCode::NotReady,
+            ErrorCode::AddressConflict,
+            ErrorCode::ExpectConflict,
+            ErrorCode::ResetRequired,
+            ErrorCode::GenerationMismatch,
+            ErrorCode::MembersLive,
             ErrorCode::StorageError,
             ErrorCode::Timeout,
             ErrorCode::Internal,

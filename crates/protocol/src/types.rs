@@ -321,7 +321,33 @@ pub struct BootstrapSummary {
     pub live: bool,
 }
 
-/// `GET /v1/clusters/{cluster}`: the members, the claims and the bootstrap grant.
+/// The cluster's raft as the registry knows it: once a member heartbeated after a grant (or
+/// the registry relearned it from heartbeats), only an operator's reset starts another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RaftSummary {
+    /// The generation of the grant it grew from; 0 when relearned without a grant.
+    pub generation: u64,
+    /// The raft's size, authoritative for the slots; absent when relearned without a grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 2147483647))]
+    pub expect: Option<u32>,
+    /// When it became known, in milliseconds since the Unix epoch.
+    pub known_at_unix_ms: u64,
+}
+
+/// An operator's reset, as the cluster's history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResetSummary {
+    pub at_unix_ms: u64,
+    pub from_generation: u64,
+    pub reason: String,
+    /// Live members the operator named to force it.
+    pub forced: Vec<String>,
+}
+
+/// `GET /v1/clusters/{cluster}`: the members, the claims, the bootstrap grant and the raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterDetail {
@@ -331,6 +357,60 @@ pub struct ClusterDetail {
     pub claims: Vec<ClaimSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<RaftSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reset: Option<ResetSummary>,
+}
+
+/// `POST /v1/clusters/{cluster}/reset`: forget the cluster's raft so that the next claim may
+/// bootstrap a new one. A compare-and-set on the generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    /// The cluster's current generation (`GET /v1/clusters/{cluster}`: `raft.generation`, else
+    /// `bootstrap.generation`, else 0); any other refuses the reset.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9007199254740991_i64)
+    )]
+    pub generation: u64,
+    /// Live members or claimants to forget although they are live; the reset refuses while any
+    /// live one is not named here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 10000))]
+    pub force: Vec<String>,
+    /// Why, for the log and the dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 259))]
+    pub reason: Option<String>,
+}
+
+impl ResetRequest {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        for node in &self.force {
+            validate::validate_name(NameKind::Node, node)?;
+        }
+        if let Some(reason) = &self.reason {
+            validate::validate_status_text("reason", reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a reset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResetResponse {
+    pub cluster: String,
+    /// The generation that was reset.
+    pub from_generation: u64,
+    /// The generation the next bootstrap will get.
+    pub next_generation: u64,
+    /// The live entries the reset forgot (those named in `force`).
+    pub forgot: Vec<String>,
+    pub reason: String,
 }
 
 /// serde reads a struct from a JSON array as well as from an object; the API documents objects

@@ -50,18 +50,33 @@ impl Tokens {
         self.registry.is_none() && self.clusters.is_empty()
     }
 
+    /// Checks the `Authorization` header value for an operator action: only the registry-wide
+    /// token (a cluster's token answers `Forbidden`).
+    pub fn authorize_registry(&self, header: Option<&[u8]>) -> Result<(), Denied> {
+        if self.is_open() {
+            return Ok(());
+        }
+        let presented = bearer(header).ok_or(Denied::Unauthorized)?;
+        let registry_ok = self.registry.as_ref().is_some_and(|t| t.matches(presented));
+        let cluster_ok = self
+            .clusters
+            .values()
+            .fold(false, |ok, t| ok | t.matches(presented));
+        if registry_ok {
+            Ok(())
+        } else if cluster_ok {
+            Err(Denied::Forbidden)
+        } else {
+            Err(Denied::Unauthorized)
+        }
+    }
+
     /// Checks the `Authorization` header value for a write to `cluster`.
     pub fn authorize(&self, cluster: &str, header: Option<&[u8]>) -> Result<(), Denied> {
         if self.is_open() {
             return Ok(());
         }
-        let presented = header
-            .and_then(|h| {
-                h.strip_prefix(b"Bearer ")
-                    .or_else(|| h.strip_prefix(b"bearer "))
-            })
-            .map(|t| t.trim_ascii())
-            .ok_or(Denied::Unauthorized)?;
+        let presented = bearer(header).ok_or(Denied::Unauthorized)?;
         // Every configured token is compared, so that the time taken does not tell which one
         // (or whether any) matched.
         let mut registry_ok = false;
@@ -86,6 +101,16 @@ impl Tokens {
             Err(Denied::Unauthorized)
         }
     }
+}
+
+/// The token of a `Bearer` authorization header.
+fn bearer(header: Option<&[u8]>) -> Option<&[u8]> {
+    header
+        .and_then(|h| {
+            h.strip_prefix(b"Bearer ")
+                .or_else(|| h.strip_prefix(b"bearer "))
+        })
+        .map(|t| t.trim_ascii())
 }
 
 #[cfg(test)]

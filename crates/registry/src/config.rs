@@ -84,6 +84,11 @@ pub struct ServeArgs {
     /// No bootstrap is granted this long after a cluster's last member was seen [default: the TTL].
     #[arg(long, env = "ROLLCALL_QUIET_PERIOD", value_parser = humantime::parse_duration)]
     pub quiet_period: Option<Duration>,
+    /// Off by default: once a cluster's raft is known, only an operator's reset lets a new
+    /// raft start. With a duration (e.g. 24h), a raft none of whose members was seen for that
+    /// long may be replaced by a new one without a reset.
+    #[arg(long, env = "ROLLCALL_REBOOTSTRAP_AFTER", value_parser = humantime::parse_duration)]
+    pub rebootstrap_after: Option<Duration>,
     /// Registry-wide bearer token for writes. Without any token, writes are open.
     #[arg(long, env = "ROLLCALL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -190,6 +195,15 @@ impl ServeArgs {
                 humantime::format_duration(self.interval)
             ));
         }
+        if let Some(after) = self.rebootstrap_after {
+            if after < quiet_period {
+                return err(format!(
+                    "--rebootstrap-after ({}) must be at least the quiet period ({})",
+                    humantime::format_duration(after),
+                    humantime::format_duration(quiet_period)
+                ));
+            }
+        }
         if self.max_body_bytes < 1024 {
             return err("--max-body-bytes must be at least 1024".into());
         }
@@ -233,6 +247,7 @@ impl ServeArgs {
                 interval: self.interval,
                 startup_grace,
                 quiet_period,
+                rebootstrap_after: self.rebootstrap_after,
             },
             limits: Limits {
                 max_clusters: self.max_clusters,

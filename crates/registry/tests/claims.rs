@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{after_grace, is_not_ready, TestRegistry, FAST};
 use rollcall_protocol::{
-    ClaimRequest, ClientError, ErrorCode, GrantedRole, HeartbeatRequest, MemberRole,
+    ClaimRequest, ClientError, ErrorCode, GrantedRole, HeartbeatRequest, MemberRole, ResetRequest,
 };
 
 fn claim(node: &str, expect: u32) -> ClaimRequest {
@@ -137,8 +137,84 @@ async fn claim_inside_the_startup_grace_gets_503_with_retry_after() {
     assert_eq!(ok.role, GrantedRole::Bootstrap);
 }
 
+/// Changed with "one raft per cluster, ever": a cluster whose raft was known (a member
+/// heartbeated) is never bootstrapped again after its members leave, however long the wait;
+/// the claimant is told the reset command, and after the operator's reset the next claim
+/// bootstraps the next generation.
 #[tokio::test]
-async fn no_bootstrap_within_the_quiet_period_after_the_last_member() {
+async fn a_cluster_that_had_a_raft_is_bootstrapped_again_only_after_a_reset() {
+    let reg = TestRegistry::start(&[
+        "--ttl",
+        "10s",
+        "--interval",
+        "500ms",
+        "--startup-grace",
+        "500ms",
+        "--quiet-period",
+        "1s",
+    ])
+    .await;
+    after_grace(&reg).await;
+    let c = reg.client();
+    let granted = c.claim("q", &claim("old", 3)).await.expect("claim");
+    assert_eq!(granted.role, GrantedRole::Bootstrap);
+    c.heartbeat("q", "old", &hb("10.0.0.1:8300", MemberRole::Server))
+        .await
+        .expect("register");
+    c.leave("q", "old").await.expect("leave");
+    for wait in [Duration::ZERO, Duration::from_millis(1100)] {
+        tokio::time::sleep(wait).await;
+        let err = c
+            .claim("q", &claim("new", 3))
+            .await
+            .expect_err("the cluster had a raft");
+        match &err {
+            ClientError::Api {
+                status: 409,
+                code: ErrorCode::ResetRequired,
+                message,
+                retry_after: Some(_),
+            } => assert!(
+                message.contains("rollcall-registry reset q --generation 1"),
+                "{message}"
+            ),
+            other => panic!("expected 409 reset_required, got {other:?}"),
+        }
+    }
+    // The wrong generation changes nothing.
+    let reset = |generation| ResetRequest {
+        generation,
+        force: Vec::new(),
+        reason: Some("test".into()),
+    };
+    let err = c.reset("q", &reset(2)).await.expect_err("wrong generation");
+    assert!(
+        matches!(
+            err,
+            ClientError::Api {
+                status: 409,
+                code: ErrorCode::GenerationMismatch,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let done = c.reset("q", &reset(1)).await.expect("reset");
+    assert_eq!(done.next_generation, 2);
+    let ok = c
+        .claim("q", &claim("new", 3))
+        .await
+        .expect("claim after the reset");
+    assert_eq!(ok.role, GrantedRole::Bootstrap);
+    let detail = c.cluster("q").await.expect("detail");
+    assert_eq!(detail.bootstrap.map(|b| b.generation), Some(2));
+    assert_eq!(detail.last_reset.map(|r| r.from_generation), Some(1));
+}
+
+/// A grant whose raft never became known (nobody heartbeated) may be granted again, but not
+/// within the quiet period after the cluster was last seen.
+#[tokio::test]
+async fn a_grant_that_never_became_a_raft_is_granted_again_after_the_quiet_period() {
     let reg = TestRegistry::start(&[
         "--ttl",
         "10s",
@@ -152,9 +228,8 @@ async fn no_bootstrap_within_the_quiet_period_after_the_last_member() {
     .await;
     after_grace(&reg).await;
     let c = reg.client();
-    c.heartbeat("q", "old", &hb("10.0.0.1:8300", MemberRole::Server))
-        .await
-        .expect("register");
+    let granted = c.claim("q", &claim("old", 3)).await.expect("claim");
+    assert_eq!(granted.role, GrantedRole::Bootstrap);
     c.leave("q", "old").await.expect("leave");
     let err = c
         .claim("q", &claim("new", 3))
@@ -167,6 +242,8 @@ async fn no_bootstrap_within_the_quiet_period_after_the_last_member() {
         .await
         .expect("after the quiet period");
     assert_eq!(ok.role, GrantedRole::Bootstrap);
+    let detail = c.cluster("q").await.expect("detail");
+    assert_eq!(detail.bootstrap.map(|b| b.generation), Some(2));
 }
 
 #[tokio::test]

@@ -1,14 +1,18 @@
-//! Cluster routes: every cluster the registry knows, and one cluster in detail.
+//! Cluster routes: every cluster the registry knows, one cluster in detail, and the
+//! operator's reset of a cluster.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rollcall_protocol::validate::NameKind;
-use rollcall_protocol::{validate_name, ClusterDetail, ClustersResponse};
+use rollcall_protocol::{
+    validate_name, ClusterDetail, ClustersResponse, ResetRequest, ResetResponse,
+};
 
-use super::error::{ApiError, ReadAllError, ReadOneError};
-use super::extract::{ApiPath, ClusterPath};
-use super::{index_header, AppState};
+use super::error::{ApiError, ReadAllError, ReadOneError, ResetError};
+use super::extract::{ApiJson, ApiPath, ClusterPath};
+use super::{authorize_operator, index_header, wait_durable, AppState};
 
 #[utoipa::path(
     get,
@@ -51,4 +55,32 @@ pub(super) async fn clusters(
     Ok(Json(ClustersResponse {
         clusters: state.membership.clusters(),
     }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clusters/{cluster}/reset",
+    tag = "clusters",
+    summary = "An operator's reset: forget the cluster's raft so that the next claim may bootstrap a new one",
+    params(ClusterPath),
+    request_body = ResetRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "the raft is forgotten; the next bootstrap gets next_generation", body = ResetResponse),
+        ResetError
+    )
+)]
+#[tracing::instrument(level = "debug", skip_all, fields(cluster = %path.cluster))]
+pub(super) async fn reset(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<ClusterPath>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<ResetRequest>,
+) -> Result<Json<ResetResponse>, ResetError> {
+    validate_name(NameKind::Cluster, &path.cluster)?;
+    authorize_operator(&state, &headers)?;
+    body.validate()?;
+    let (response, durability) = state.membership.reset(&path.cluster, &body)?;
+    wait_durable(&state, durability).await?;
+    Ok(Json(response))
 }

@@ -37,6 +37,12 @@ pub enum ApiError {
         message: String,
         retry_after: Duration,
     },
+    /// 409: the request conflicts with what the registry knows; the code says how.
+    Conflict {
+        code: ErrorCode,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     Storage(StoreError),
     Timeout,
 }
@@ -59,6 +65,15 @@ impl From<RefusedError> for ApiError {
             },
             RefusedError::LimitExceeded(m) => ApiError::LimitExceeded(m),
             RefusedError::NotFound(m) => ApiError::NotFound(m),
+            RefusedError::Conflict {
+                code,
+                message,
+                retry_after,
+            } => ApiError::Conflict {
+                code,
+                message,
+                retry_after,
+            },
             RefusedError::Storage(e) => ApiError::Storage(e),
         }
     }
@@ -96,6 +111,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Storage(e) if e.disk_full => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
@@ -136,19 +152,12 @@ impl IntoResponse for ApiError {
             ApiError::NotReady {
                 message,
                 retry_after,
-            } => {
-                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                let body = ErrorBody {
-                    code: ErrorCode::NotReady,
-                    message,
-                };
-                return (
-                    status,
-                    [(header::RETRY_AFTER, HeaderValue::from(secs.max(1)))],
-                    Json(body),
-                )
-                    .into_response();
-            }
+            } => return with_retry_after(status, ErrorCode::NotReady, message, Some(retry_after)),
+            ApiError::Conflict {
+                code,
+                message,
+                retry_after,
+            } => return with_retry_after(status, code, message, retry_after),
             ApiError::Storage(e) => {
                 tracing::error!(error = %e.message, disk_full = e.disk_full, "storage failure; the write was not acknowledged");
                 let message = if e.disk_full {
@@ -164,6 +173,28 @@ impl IntoResponse for ApiError {
             ),
         };
         (status, Json(ErrorBody { code, message })).into_response()
+    }
+}
+
+/// An error answer with `Retry-After` in whole seconds (at least 1), when there is one.
+fn with_retry_after(
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+    retry_after: Option<Duration>,
+) -> Response {
+    let body = Json(ErrorBody { code, message });
+    match retry_after {
+        Some(after) => {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            (
+                status,
+                [(header::RETRY_AFTER, HeaderValue::from(secs.max(1)))],
+                body,
+            )
+                .into_response()
+        }
+        None => (status, body).into_response(),
     }
 }
 
@@ -242,11 +273,24 @@ status_set!(
     Claim = [
         INVALID, UNAUTHORIZED, FORBIDDEN, TIMEOUT, TOO_LARGE, NOT_JSON, LIMIT, STORAGE,
         Documented {
+            status: 409,
+            description: "the claim conflicts with what the registry knows (address_conflict, expect_conflict, reset_required: the message names the reset command); nothing changed, retry after Retry-After seconds",
+            retry_after: true,
+        },
+        Documented {
             status: 503,
             description: "not safe to answer yet (startup grace, quiet period, a possibly running raft), or too many connections; retry after Retry-After seconds",
             retry_after: true,
         },
         DISK_FULL,
+    ]
+);
+status_set!(
+    /// An operator's reset: the registry-wide token, a compare-and-set on the generation.
+    Reset = [
+        INVALID, UNAUTHORIZED, FORBIDDEN, doc(404, "the registry knows no such cluster"), TIMEOUT,
+        doc(409, "generation_mismatch (another generation is current) or members_live (live members not named in force); nothing changed"),
+        TOO_LARGE, NOT_JSON, STORAGE, BUSY, DISK_FULL,
     ]
 );
 status_set!(
@@ -326,3 +370,4 @@ pub type HeartbeatError = RouteError<Heartbeat>;
 pub type ClaimError = RouteError<Claim>;
 pub type LeaveError = RouteError<Leave>;
 pub type MetricsError = RouteError<Metrics>;
+pub type ResetError = RouteError<Reset>;

@@ -81,6 +81,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
                 .delete(members::leave),
         )
         .route("/v1/clusters/{cluster}/claims", post(claims::claim))
+        .route("/v1/clusters/{cluster}/reset", post(clusters::reset))
         .route_layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(
@@ -113,6 +114,21 @@ fn authorize(state: &AppState, cluster: &str, headers: &HeaderMap) -> Result<(),
             Denied::Forbidden => {
                 ApiError::Forbidden(format!("this token may not write to cluster {cluster:?}"))
             }
+        })
+}
+
+/// Operator actions need the registry-wide token (a cluster's token is in every one of its
+/// sidecars); with no token configured, writes are open and so are they.
+fn authorize_operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let header = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    state
+        .tokens
+        .authorize_registry(header)
+        .map_err(|denied| match denied {
+            Denied::Unauthorized => ApiError::Unauthorized,
+            Denied::Forbidden => ApiError::Forbidden(
+                "operator actions need the registry-wide token, not a cluster's".into(),
+            ),
         })
 }
 

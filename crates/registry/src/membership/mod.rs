@@ -14,12 +14,14 @@
 //! - `state.rs`: the state in memory and the changes every write shares.
 //! - `expiry.rs`: the expiry index.
 //! - `views.rs`: the read side (members, clusters, join targets).
+//! - `operator.rs`: the operator's reset.
 //!
 //! Liveness: every node entry (a member, a claim or both) lives until its last heartbeat or
 //! claim plus the TTL; reads filter by that deadline, so nothing expired is ever returned
 //! between sweeps. One clock: `tokio::time::Instant`, so that tests can pause it.
 
 mod expiry;
+mod operator;
 pub mod rules;
 mod state;
 mod views;
@@ -28,13 +30,15 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rollcall_protocol::{
-    ClaimRequest, ClaimResponse, GrantedRole, HeartbeatRequest, HeartbeatResponse,
+    ClaimRequest, ClaimResponse, ErrorCode, GrantedRole, HeartbeatRequest, HeartbeatResponse,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::store::{ClaimRecord, GrantRecord, MemberRecord, Store, StoreError};
-use rules::{ClaimInputs, Decision, Rule};
+use crate::store::{
+    ClaimRecord, GrantRecord, HistoryRecord, MemberRecord, RaftRecord, Store, StoreError,
+};
+use rules::{ClaimInputs, Conflict, Decision, GrantFacts, KnownRaft, Rule};
 use state::{change_of, Change, LiveMember, State};
 
 /// The timing rules of the registry. Validated by the config before they get here.
@@ -49,7 +53,16 @@ pub struct Timing {
     pub startup_grace: Duration,
     /// No bootstrap is granted this long after the last member of a cluster was seen.
     pub quiet_period: Duration,
+    /// Off (`None`) by default: once a cluster's raft is known, only an operator's reset lets a
+    /// new one start. With a duration, a raft none of whose members was seen for that long
+    /// may be replaced by a new one on the registry's own word.
+    pub rebootstrap_after: Option<Duration>,
 }
+
+/// A gap this long between two moments the registry ran (a sweep every 250 ms, or any
+/// decision) means the process was frozen: `State::observe` then extends every deadline and
+/// re-enters the startup grace. Far above any scheduling delay, far below any TTL allowed.
+pub const FREEZE_GAP: Duration = Duration::from_secs(2);
 
 /// Bounds on what one registry holds.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +83,13 @@ pub enum RefusedError {
     LimitExceeded(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with what the registry knows; nothing changed.
+    #[error("{message}")]
+    Conflict {
+        code: ErrorCode,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     #[error(transparent)]
     Storage(#[from] StoreError),
 }
@@ -131,9 +151,33 @@ impl Membership {
     pub fn open(store: Store, timing: Timing, limits: Limits) -> Result<Membership, StoreError> {
         let loaded = store.load()?;
         let now = Instant::now();
-        let mut state = State::new(timing.ttl);
+        let mut state = State::new(timing.ttl, now);
         for (cluster, grant) in loaded.grants {
-            state.clusters.entry(cluster).or_default().grant = Some(grant);
+            let cs = state.clusters.entry(cluster).or_default();
+            cs.last_generation = cs.last_generation.max(grant.generation);
+            cs.grant = Some(grant);
+        }
+        let mut with_history = std::collections::HashSet::new();
+        for (cluster, history) in loaded.histories {
+            state
+                .clusters
+                .entry(cluster.clone())
+                .or_default()
+                .load_history(history, now);
+            with_history.insert(cluster);
+        }
+        for (cluster, cs) in state.clusters.iter_mut() {
+            if with_history.contains(cluster) {
+                continue;
+            }
+            // A grant stored before histories existed: its raft may run, so it counts as known.
+            if let Some(grant) = &cs.grant {
+                cs.raft = Some(RaftRecord {
+                    generation: grant.generation,
+                    expect: Some(grant.expect),
+                    known_at_unix_ms: grant.granted_at_unix_ms,
+                });
+            }
         }
         let (n_members, n_claims) = (loaded.members.len(), loaded.claims.len());
         for (cluster, node, record) in loaded.members {
@@ -144,6 +188,20 @@ impl Membership {
         }
         for (cluster, node, record) in loaded.claims {
             state.touch(&cluster, &node, now).claim = Some(record);
+        }
+        // Stored members run a raft, whether or not the history says so (it may predate them).
+        for (cluster, cs) in state.clusters.iter_mut() {
+            if cs.nodes.values().any(|e| e.member.is_some()) {
+                if let Some(raft) = cs.raft_to_learn() {
+                    tracing::info!(
+                        cluster,
+                        generation = raft.generation,
+                        "stored members run a raft: it counts as known"
+                    );
+                    cs.raft = Some(raft);
+                    store.put_history(cluster, &cs.history(now))?;
+                }
+            }
         }
         state.index = 1;
         for cs in state.clusters.values_mut() {
@@ -202,16 +260,32 @@ impl Membership {
         self.changes.subscribe()
     }
 
-    /// Removes every entry whose deadline has passed. Returns how many were removed.
+    /// Notices a freeze before anything is decided (see `State::observe`), and logs it.
+    fn observe(&self, st: &mut State, now: Instant) {
+        if let Some(gap) = st.observe(now, FREEZE_GAP) {
+            metrics::counter!("rollcall_freezes_total").increment(1);
+            tracing::warn!(
+                gap_ms = ms(gap),
+                startup_grace = %humantime::format_duration(self.timing.startup_grace),
+                "the registry did not run for {}: every deadline and last-seen time moves on by that much, and the startup grace starts again before anything is decided",
+                humantime::format_duration(Duration::from_millis(ms(gap)))
+            );
+        }
+    }
+
+    /// Removes every entry whose deadline has passed. Returns how many were removed. The
+    /// sweeper calls this every 250 ms, which is also the registry's own tick for `observe`.
     pub fn expire_due(&self) -> usize {
         let now = Instant::now();
         let mut st = self.lock();
+        self.observe(&mut st, now);
         let n = st.expire_due(now, &self.store);
         self.publish(st);
         n
     }
 
-    /// A heartbeat: registers or renews `node`.
+    /// A heartbeat: registers or renews `node`. The first heartbeat of a cluster whose raft is
+    /// not known makes it known (a member heartbeats only while its agent is healthy).
     pub fn heartbeat(
         &self,
         cluster: &str,
@@ -220,14 +294,20 @@ impl Membership {
     ) -> Result<(HeartbeatResponse, Durability), RefusedError> {
         let now = Instant::now();
         let mut st = self.lock();
+        self.observe(&mut st, now);
         st.expire_due(now, &self.store);
-        let previous = st
-            .entry(cluster, node)
+        let cs = st.clusters.get(cluster);
+        let previous = cs
+            .and_then(|c| c.nodes.get(node))
             .and_then(|e| e.member.as_ref())
             .map(|m| &m.record);
         let change = change_of(previous, &hb);
+        let learn = match cs {
+            Some(cs) => cs.raft_to_learn(),
+            None => state::ClusterState::default().raft_to_learn(),
+        };
 
-        if change == Change::Nothing {
+        if change == Change::Nothing && learn.is_none() {
             // The common case, a renewal: move the deadline and answer. No index, no write.
             let entry = st.touch(cluster, node, now);
             if let Some(live) = entry.member.as_mut() {
@@ -254,8 +334,18 @@ impl Membership {
             meta: hb.meta,
             registered_at_unix_ms,
         };
+        let history = learn.as_ref().map(|raft| {
+            let mut history = cs.map_or_else(HistoryRecord::default, |c| c.history(now));
+            history.raft = Some(raft.clone());
+            history
+        });
         // Persist.
-        self.store.put_member(cluster, node, &record)?;
+        if change != Change::Nothing {
+            self.store.put_member(cluster, node, &record)?;
+        }
+        if let Some(history) = &history {
+            self.store.put_history(cluster, history)?;
+        }
         // Apply.
         let registered_as =
             (change == Change::Registers).then(|| (record.address.clone(), record.role));
@@ -266,6 +356,9 @@ impl Membership {
         });
         if let Some(cs) = st.clusters.get_mut(cluster) {
             cs.index = index;
+            if let Some(raft) = &learn {
+                cs.raft = Some(raft.clone());
+            }
         }
         let result = if registered_as.is_some() {
             "registered"
@@ -278,8 +371,17 @@ impl Membership {
         if let Some((address, role)) = &registered_as {
             tracing::info!(cluster, node, address, %role, "member registered");
         }
-        let durability = match change {
-            Change::StatusOrMeta => Durability::NoWait,
+        if let Some(raft) = &learn {
+            tracing::info!(
+                cluster,
+                node,
+                generation = raft.generation,
+                expect = raft.expect,
+                "the cluster's raft is known from this heartbeat: from now on only an operator's reset lets a new raft start"
+            );
+        }
+        let durability = match (change, &learn) {
+            (Change::StatusOrMeta | Change::Nothing, None) => Durability::NoWait,
             _ => Durability::FlushBeforeAnswer,
         };
         Ok((
@@ -302,14 +404,22 @@ impl Membership {
     pub fn leave(&self, cluster: &str, node: &str) -> Result<Durability, RefusedError> {
         let now = Instant::now();
         let mut st = self.lock();
+        self.observe(&mut st, now);
         st.expire_due(now, &self.store);
-        if st.entry(cluster, node).is_none() {
+        let Some(cs) = st
+            .clusters
+            .get(cluster)
+            .filter(|c| c.nodes.contains_key(node))
+        else {
             return Err(RefusedError::NotFound(format!(
                 "{node:?} is not a live member or claimant of cluster {cluster:?}"
             )));
-        }
+        };
+        let mut history = cs.history(now);
+        history.last_seen_unix_ms = Some(unix_ms_now());
         self.store.delete_member(cluster, node)?;
         self.store.delete_claim(cluster, node)?;
+        self.store.put_history(cluster, &history)?;
         if let Some(entry) = st.remove_entry(cluster, node, now) {
             st.expiry.remove(entry.filed);
             tracing::info!(
@@ -336,31 +446,56 @@ impl Membership {
         let node = request.node.as_str();
         let timing = self.timing;
         let mut st = self.lock();
+        self.observe(&mut st, now);
         st.expire_due(now, &self.store);
         st.check_room(cluster, node, &self.limits)?;
 
         // Gather, decide.
+        let ttl = st.ttl;
         let cs = st.clusters.get(cluster);
+        let own = cs.and_then(|c| c.nodes.get(node));
+        let other_expects = cs.map(|c| c.other_expects(node)).unwrap_or_default();
+        let raft = cs.and_then(|c| c.raft.as_ref()).map(|r| KnownRaft {
+            generation: r.generation,
+            expect: r.expect,
+            known_at_unix_ms: r.known_at_unix_ms,
+        });
         let inputs = ClaimInputs {
             cluster,
             node,
             expect: request.expect,
             agent_only: request.agent_only,
-            own_claim: st
-                .entry(cluster, node)
-                .and_then(|e| e.claim.as_ref())
-                .map(|c| c.role),
+            own_claim: own.and_then(|e| e.claim.as_ref()).map(|c| c.role),
             others: cs.map(|c| c.others(node)).unwrap_or_default(),
-            uptime: now.saturating_duration_since(self.started),
+            uptime: now.saturating_duration_since(st.grace_from),
             startup_grace: timing.startup_grace,
             last_seen_ago: cs
                 .and_then(|c| c.last_seen)
                 .map(|s| now.saturating_duration_since(s)),
             quiet_period: timing.quiet_period,
             interval: timing.interval,
-            last_generation: cs.and_then(|c| c.grant.as_ref()).map(|g| g.generation),
+            last_generation: cs.map(|c| c.last_generation).filter(|g| *g > 0),
+            own_address: own.and_then(|e| {
+                e.member
+                    .as_ref()
+                    .map(|m| m.record.address.as_str())
+                    .or(e.claim.as_ref().map(|c| c.address.as_str()))
+            }),
+            address: &request.address,
+            own_expires_in: own.map_or(Duration::ZERO, |e| {
+                e.deadline(ttl).saturating_duration_since(now)
+            }),
+            other_expects: &other_expects,
+            raft: raft.as_ref(),
+            grant: cs.and_then(|c| c.grant.as_ref()).map(|g| GrantFacts {
+                node: &g.node,
+                generation: g.generation,
+                granted_at_unix_ms: g.granted_at_unix_ms,
+            }),
+            rebootstrap_after: timing.rebootstrap_after,
         };
-        let (rule, role, generation, reason) = match rules::decide(&inputs) {
+        let decision = rules::decide(&inputs);
+        let (rule, role, generation, reason) = match decision {
             Decision::Grant {
                 rule,
                 role,
@@ -372,31 +507,52 @@ impl Membership {
                 message,
                 retry_after,
             } => return Err(self.defer(st, cluster, node, rule, message, retry_after)),
+            Decision::Refuse {
+                rule,
+                conflict,
+                message,
+                retry_after,
+            } => return Err(self.refuse(st, cluster, node, rule, conflict, message, retry_after)),
         };
+        // Once the raft is known its stored size counts; a claim that says otherwise is told.
+        let expect = raft
+            .as_ref()
+            .and_then(|r| r.expect)
+            .unwrap_or(request.expect);
+        if expect != request.expect {
+            tracing::info!(cluster, node, claimed = request.expect, expect, "the claim's expect differs from the raft's stored size; the stored size counts (an operator's resize changes it)");
+        }
 
-        // Persist: the grant before the claim, so that a stored bootstrap claim always has its grant.
+        // Persist: the grant before the claim, so that a stored bootstrap claim always has its
+        // grant; with a new grant, the history forgets the last raft and counts the generation.
         let granted_at_unix_ms = unix_ms_now();
         let record = ClaimRecord {
             role,
             address: request.address.clone(),
-            expect: request.expect,
+            expect,
             granted_at_unix_ms,
         };
         let new_grant = generation.map(|generation| GrantRecord {
             node: node.to_string(),
             address: request.address.clone(),
-            expect: request.expect,
+            expect,
             generation,
             granted_at_unix_ms,
         });
-        let changed_claim = st
-            .entry(cluster, node)
-            .and_then(|e| e.claim.as_ref())
-            .is_none_or(|c| {
-                c.role != record.role || c.address != record.address || c.expect != record.expect
-            });
+        let new_history = new_grant.as_ref().map(|grant| {
+            let mut history = cs.map_or_else(HistoryRecord::default, |c| c.history(now));
+            history.raft = None;
+            history.last_generation = grant.generation;
+            history
+        });
+        let changed_claim = own.and_then(|e| e.claim.as_ref()).is_none_or(|c| {
+            c.role != record.role || c.address != record.address || c.expect != record.expect
+        });
         if let Some(grant) = &new_grant {
             self.store.put_grant(cluster, grant)?;
+        }
+        if let Some(history) = &new_history {
+            self.store.put_history(cluster, history)?;
         }
         if changed_claim {
             self.store.put_claim(cluster, node, &record)?;
@@ -416,6 +572,8 @@ impl Membership {
                 "bootstrap granted"
             );
             if let Some(cs) = st.clusters.get_mut(cluster) {
+                cs.last_generation = grant.generation;
+                cs.raft = None;
                 cs.grant = Some(grant);
             }
         }
@@ -435,7 +593,7 @@ impl Membership {
         metrics::counter!("rollcall_claims_total", "result" => role.as_str()).increment(1);
         st.record_decision(cluster, node, role.as_str(), &format!("[{rule}] {reason}"));
         self.publish(st);
-        let durability = if changed_claim {
+        let durability = if changed_claim || generation.is_some() {
             Durability::FlushBeforeAnswer
         } else {
             Durability::NoWait
@@ -446,7 +604,7 @@ impl Membership {
                 node: node.to_string(),
                 role,
                 join,
-                expect: request.expect,
+                expect,
                 reason,
                 ttl_ms: ms(timing.ttl),
                 interval_ms: ms(timing.interval),
@@ -455,7 +613,7 @@ impl Membership {
         ))
     }
 
-    /// Logs, counts and records a refused claim, then builds the refusal.
+    /// Logs, counts and records a deferred claim, then builds the refusal.
     fn defer(
         &self,
         mut st: MutexGuard<'_, State>,
@@ -472,6 +630,34 @@ impl Membership {
         RefusedError::NotReady {
             message,
             retry_after,
+        }
+    }
+
+    /// Logs, counts and records a claim refused for a conflict, then builds the refusal.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        cluster: &str,
+        node: &str,
+        rule: Rule,
+        conflict: Conflict,
+        message: String,
+        retry_after: Duration,
+    ) -> RefusedError {
+        let code = match conflict {
+            Conflict::Address => ErrorCode::AddressConflict,
+            Conflict::Expect => ErrorCode::ExpectConflict,
+            Conflict::ResetRequired => ErrorCode::ResetRequired,
+        };
+        tracing::warn!(cluster, node, %rule, %code, reason = %message, "claim refused");
+        metrics::counter!("rollcall_claims_total", "result" => code.as_str()).increment(1);
+        st.record_decision(cluster, node, code.as_str(), &format!("[{rule}] {message}"));
+        self.publish(st);
+        RefusedError::Conflict {
+            code,
+            message,
+            retry_after: Some(retry_after),
         }
     }
 }

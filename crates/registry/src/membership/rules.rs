@@ -4,19 +4,25 @@
 //! the module above). Every rule has a stable id ([`Rule`]), which the decision carries to the
 //! log, the dashboard and the answer's `reason`, and which README.md's rule list names.
 //!
-//! The rules, in the order they are tried:
+//! The rules, in the order they are tried ("the raft is known": a member heartbeated after the
+//! cluster's last grant, or the registry relearned the raft from heartbeats; "expect" is the
+//! known raft's stored size once there is one, the claim's before):
 //!
-//! | id                | when                                                      | answer            |
-//! |-------------------|-----------------------------------------------------------|-------------------|
-//! | `holder-joins`    | the node holds the bootstrap grant and others heartbeat   | `server`          |
-//! | `same-answer`     | the node holds a live claim                               | that claim's role |
-//! | `startup-grace`   | the registry started less than the startup grace ago      | not ready         |
-//! | `agent-only`      | the node asked to be an agent only                        | `agent`           |
-//! | `slots-full`      | live servers already fill `expect`                        | `agent`           |
-//! | `take-slot`       | some servers are live, fewer than `expect`                | `server`          |
-//! | `no-live-server`  | members or claims are live, but no server                 | not ready         |
-//! | `quiet-period`    | nothing is live, but the last member left within the quiet period | not ready |
-//! | `bootstrap`       | none of the above                                         | `bootstrap`       |
+//! | id                  | when                                                            | answer             |
+//! |---------------------|-----------------------------------------------------------------|--------------------|
+//! | `address-conflict`  | the node's live record or claim has another address             | 409, wait          |
+//! | `holder-joins`      | the node holds the bootstrap grant and others heartbeat         | `server`           |
+//! | `same-answer`       | the node holds a live claim                                     | that claim's role  |
+//! | `startup-grace`     | the registry started (or resumed) less than the grace ago       | 503, wait          |
+//! | `agent-only`        | the node asked to be an agent only                              | `agent`            |
+//! | `expect-conflict`   | the raft is not known and live claims asked another `expect`    | 409, wait          |
+//! | `slots-full`        | live servers already fill expect                                | `agent`            |
+//! | `take-slot`         | some servers are live, fewer than expect                        | `server`           |
+//! | `no-live-server`    | members or claims are live, but no server                       | 503, wait          |
+//! | `rebootstrap-after` | the raft is known, and gone longer than `--rebootstrap-after`   | `bootstrap`        |
+//! | `reset-required`    | the raft is known (it had a raft): only an operator's reset     | 409, wait          |
+//! | `quiet-period`      | nothing is live, but the last member left within the quiet period | 503, wait        |
+//! | `bootstrap`         | none of the above                                               | `bootstrap`        |
 
 use std::time::Duration;
 
@@ -25,40 +31,52 @@ use rollcall_protocol::GrantedRole;
 /// The id of a claim rule. Stable: logs, dashboards and README.md refer to rules by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
+    AddressConflict,
     HolderJoins,
     SameAnswer,
     StartupGrace,
     AgentOnly,
+    ExpectConflict,
     SlotsFull,
     TakeSlot,
     NoLiveServer,
+    RebootstrapAfter,
+    ResetRequired,
     QuietPeriod,
     Bootstrap,
 }
 
 impl Rule {
     /// Every rule, in the order [`decide`] tries them.
-    pub const ALL: [Rule; 9] = [
+    pub const ALL: [Rule; 13] = [
+        Rule::AddressConflict,
         Rule::HolderJoins,
         Rule::SameAnswer,
         Rule::StartupGrace,
         Rule::AgentOnly,
+        Rule::ExpectConflict,
         Rule::SlotsFull,
         Rule::TakeSlot,
         Rule::NoLiveServer,
+        Rule::RebootstrapAfter,
+        Rule::ResetRequired,
         Rule::QuietPeriod,
         Rule::Bootstrap,
     ];
 
     pub fn id(self) -> &'static str {
         match self {
+            Rule::AddressConflict => "address-conflict",
             Rule::HolderJoins => "holder-joins",
             Rule::SameAnswer => "same-answer",
             Rule::StartupGrace => "startup-grace",
             Rule::AgentOnly => "agent-only",
+            Rule::ExpectConflict => "expect-conflict",
             Rule::SlotsFull => "slots-full",
             Rule::TakeSlot => "take-slot",
             Rule::NoLiveServer => "no-live-server",
+            Rule::RebootstrapAfter => "rebootstrap-after",
+            Rule::ResetRequired => "reset-required",
             Rule::QuietPeriod => "quiet-period",
             Rule::Bootstrap => "bootstrap",
         }
@@ -104,8 +122,54 @@ pub struct ClaimInputs<'a> {
     pub quiet_period: Duration,
     /// How long a refused claimant waits when no better bound is known.
     pub interval: Duration,
-    /// The generation of the cluster's last bootstrap grant, if it ever had one.
+    /// The highest raft generation the cluster ever had (its grants, its known raft), if any.
     pub last_generation: Option<u64>,
+    /// The address of the claimant's own live entry (its member record, else its claim), if
+    /// it has one.
+    pub own_address: Option<&'a str>,
+    /// The claimant's address.
+    pub address: &'a str,
+    /// How long until the claimant's own live entry expires (for `address-conflict`).
+    pub own_expires_in: Duration,
+    /// The `expect` values of the other live claims, while the raft is not known.
+    pub other_expects: &'a [u32],
+    /// The cluster's raft, once one is known.
+    pub raft: Option<&'a KnownRaft>,
+    /// The last bootstrap grant, for the words of a refusal.
+    pub grant: Option<GrantFacts<'a>>,
+    /// `--rebootstrap-after`: off (`None`) by default.
+    pub rebootstrap_after: Option<Duration>,
+}
+
+/// What the registry knows of a cluster's raft once it is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownRaft {
+    /// The generation of the grant it grew from; 0 when the registry relearned the raft from
+    /// heartbeats after losing its data, and no grant told it the generation.
+    pub generation: u64,
+    /// The raft's size, authoritative once known; `None` when relearned without a grant.
+    pub expect: Option<u32>,
+    /// When the raft became known (wall clock), for people.
+    pub known_at_unix_ms: u64,
+}
+
+/// The last grant, as a refusal names it.
+#[derive(Debug, Clone, Copy)]
+pub struct GrantFacts<'a> {
+    pub node: &'a str,
+    pub generation: u64,
+    pub granted_at_unix_ms: u64,
+}
+
+/// Why a refusal needs more than waiting for time to pass; each is a stable API code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// The node's name is live at another address.
+    Address,
+    /// Claims disagree on the raft's size.
+    Expect,
+    /// The cluster had a raft: a new one needs an operator's reset.
+    ResetRequired,
 }
 
 /// What [`decide`] answers.
@@ -125,12 +189,22 @@ pub enum Decision {
         message: String,
         retry_after: Duration,
     },
+    /// The claim conflicts with what the registry knows; it changes nothing, and the claimant
+    /// asks again after `retry_after` (the conflict may end by itself, or by an operator).
+    Refuse {
+        rule: Rule,
+        conflict: Conflict,
+        message: String,
+        retry_after: Duration,
+    },
 }
 
 impl Decision {
     pub fn rule(&self) -> Rule {
         match self {
-            Decision::Grant { rule, .. } | Decision::Defer { rule, .. } => *rule,
+            Decision::Grant { rule, .. }
+            | Decision::Defer { rule, .. }
+            | Decision::Refuse { rule, .. } => *rule,
         }
     }
 }
@@ -156,9 +230,34 @@ fn human(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_millis(d.as_millis() as u64))
 }
 
+fn refuse(rule: Rule, conflict: Conflict, message: String, retry_after: Duration) -> Decision {
+    Decision::Refuse {
+        rule,
+        conflict,
+        message,
+        retry_after,
+    }
+}
+
+fn wall_clock(unix_ms: u64) -> humantime::Rfc3339Timestamp {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(unix_ms))
+}
+
 /// Mode determination: the rules of the table above, tried in order.
 pub fn decide(i: &ClaimInputs<'_>) -> Decision {
     let (cluster, node, o) = (i.cluster, i.node, i.others);
+    if let Some(own) = i.own_address.filter(|own| *own != i.address) {
+        return refuse(
+            Rule::AddressConflict,
+            Conflict::Address,
+            format!(
+                "{node} is live in cluster {cluster} at {own}, and this claim comes from {}; a node name has one address at a time, so this claim waits until {node} at {own} leaves or expires (in {} at most)",
+                i.address,
+                human(i.own_expires_in)
+            ),
+            i.own_expires_in.max(Duration::from_secs(1)),
+        );
+    }
     match i.own_claim {
         Some(GrantedRole::Bootstrap) if o.members > 0 => {
             return grant(
@@ -197,13 +296,27 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
             format!("{node} asked to be an agent only"),
         );
     }
-    if o.servers >= i.expect as usize {
+    if i.raft.is_none() {
+        if let Some(other) = i.other_expects.iter().find(|e| **e != i.expect) {
+            return refuse(
+                Rule::ExpectConflict,
+                Conflict::Expect,
+                format!(
+                    "{node} claims with expect={}, but a live claim of cluster {cluster} asked for expect={other}; servers that disagree on the raft's size must not form it (as Consul refuses a bootstrap_expect that differs), so fix the setting and claim again",
+                    i.expect
+                ),
+                i.interval,
+            );
+        }
+    }
+    let expect = i.raft.and_then(|r| r.expect).unwrap_or(i.expect);
+    if o.servers >= expect as usize {
         return grant(
             Rule::SlotsFull,
             GrantedRole::Agent,
             format!(
-                "{} live server(s) already fill expect={}; {node} joins as an agent",
-                o.servers, i.expect
+                "{} live server(s) already fill expect={expect}; {node} joins as an agent",
+                o.servers
             ),
         );
     }
@@ -212,8 +325,8 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
             Rule::TakeSlot,
             GrantedRole::Server,
             format!(
-                "{} of expect={} server slots are taken; {node} takes another and joins the live servers",
-                o.servers, i.expect
+                "{} of expect={expect} server slots are taken; {node} takes another and joins the live servers",
+                o.servers
             ),
         );
     }
@@ -223,6 +336,54 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
             format!(
                 "cluster {cluster} has {} live member(s) but no live server; a raft may still be running, so no node may bootstrap a new one until they are gone",
                 o.any
+            ),
+            i.interval,
+        );
+    }
+    // Saturating: a stored generation at u64::MAX (only a tampered store holds one) must not
+    // panic or wrap to 0; the count is for people, not for the rules.
+    let generation = i.last_generation.map_or(1, |g| g.saturating_add(1));
+    if let Some(raft) = i.raft {
+        let seen = i.last_seen_ago.map_or_else(
+            || "never seen by this registry".to_string(),
+            |ago| format!("last seen {} ago", human(ago)),
+        );
+        if let (Some(after), Some(ago)) = (i.rebootstrap_after, i.last_seen_ago) {
+            if ago >= after {
+                return Decision::Grant {
+                    rule: Rule::RebootstrapAfter,
+                    role: GrantedRole::Bootstrap,
+                    generation: Some(generation),
+                    reason: format!(
+                        "the raft of cluster {cluster} (generation {}) was {seen}, longer than --rebootstrap-after {}; {node} starts raft generation {generation}",
+                        raft.generation,
+                        human(after)
+                    ),
+                };
+            }
+        }
+        let granted = i
+            .grant
+            .filter(|g| g.generation == raft.generation)
+            .map_or_else(
+                || "relearned from its members' heartbeats".to_string(),
+                |g| {
+                    format!(
+                        "granted to {} at {}",
+                        g.node,
+                        wall_clock(g.granted_at_unix_ms)
+                    )
+                },
+            );
+        return refuse(
+            Rule::ResetRequired,
+            Conflict::ResetRequired,
+            format!(
+                "cluster {cluster} already has a raft (generation {}, {granted}, known since {}); its members were {seen}. rollcall never starts a second raft on its own: if that raft is still running, start its members or give {node} their data; if it is gone for good, reset the cluster: rollcall-registry reset {cluster} --generation {} (in the registry's container: docker exec <registry> rollcall-registry reset ...), or POST /v1/clusters/{cluster}/reset with {{\"generation\":{}}}",
+                raft.generation,
+                wall_clock(raft.known_at_unix_ms),
+                raft.generation,
+                raft.generation,
             ),
             i.interval,
         );
@@ -238,14 +399,12 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
             i.quiet_period - ago,
         );
     }
-    // Saturating: a stored generation at u64::MAX (only a tampered store holds one) must not
-    // panic or wrap to 0; the count is for people, not for the rules.
-    let generation = i.last_generation.map_or(1, |g| g.saturating_add(1));
     let reason = if generation == 1 {
         format!("no member or claim is live in cluster {cluster}; {node} starts its first raft")
     } else {
         format!(
-            "cluster {cluster} has had no live member for the quiet period; {node} starts raft generation {generation}"
+            "cluster {cluster} had grant generation {} but its raft never became known (no member heartbeated after the grant), and nothing is live; {node} starts raft generation {generation}",
+            generation - 1
         )
     };
     Decision::Grant {

@@ -11,7 +11,9 @@ use tokio::time::Instant;
 use super::expiry::{ExpiryIndex, Filed};
 use super::rules::Others;
 use super::{unix_ms_now, DecisionRecord, Limits, RefusedError, RECENT_DECISIONS};
-use crate::store::{ClaimRecord, GrantRecord, MemberRecord, Store};
+use crate::store::{
+    ClaimRecord, GrantRecord, HistoryRecord, MemberRecord, RaftRecord, ResetRecord, Store,
+};
 
 /// Everything the registry knows, behind `Membership`'s one lock.
 #[derive(Debug)]
@@ -30,6 +32,11 @@ pub(super) struct State {
     pub decisions: VecDeque<DecisionRecord>,
     /// The TTL: an entry's deadline is its last refresh plus this.
     pub ttl: Duration,
+    /// The last moment the registry is known to have run (a sweep or a decision): a longer gap
+    /// than `FREEZE_GAP` before the next one means the process was frozen.
+    pub last_ran: Instant,
+    /// The startup grace counts from here: the start, or the end of the last freeze.
+    pub grace_from: Instant,
 }
 
 /// One cluster.
@@ -41,8 +48,16 @@ pub(super) struct ClusterState {
     /// next bootstrap is one generation later.
     pub grant: Option<GrantRecord>,
     /// When an entry of this cluster was last live before it expired or left. A new raft may
-    /// not be bootstrapped until `quiet_period` after this.
+    /// not be bootstrapped until `quiet_period` after this. Stored (as wall-clock time) in the
+    /// cluster's history, so a restart does not forget it.
     pub last_seen: Option<Instant>,
+    /// The cluster's raft, once a member heartbeated after a grant (or the registry relearned
+    /// it from heartbeats): from then on only an operator's reset lets a new raft start.
+    pub raft: Option<RaftRecord>,
+    /// The highest generation the cluster ever had; a new raft gets one more.
+    pub last_generation: u64,
+    /// The operator's last reset, for the dashboard.
+    pub last_reset: Option<ResetRecord>,
     /// The global index at this cluster's last membership change, for blocking reads.
     pub index: u64,
 }
@@ -127,6 +142,68 @@ impl NodeEntry {
 }
 
 impl ClusterState {
+    /// The cluster's history as stored: `last_seen` is turned into wall-clock time.
+    pub fn history(&self, now: Instant) -> HistoryRecord {
+        HistoryRecord {
+            raft: self.raft.clone(),
+            last_generation: self.last_generation,
+            last_seen_unix_ms: self.last_seen.map(|seen| {
+                unix_ms_now().saturating_sub(now.saturating_duration_since(seen).as_millis() as u64)
+            }),
+            last_reset: self.last_reset.clone(),
+        }
+    }
+
+    /// Loads a stored history; `last_seen` comes back as the same distance in the past.
+    pub fn load_history(&mut self, history: HistoryRecord, now: Instant) {
+        self.raft = history.raft;
+        self.last_generation = self.last_generation.max(history.last_generation);
+        self.last_reset = history.last_reset;
+        self.last_seen = history.last_seen_unix_ms.map(|seen_ms| {
+            let ago = Duration::from_millis(unix_ms_now().saturating_sub(seen_ms));
+            // Before the machine booted: count from now, the safe side for the quiet period.
+            now.checked_sub(ago).unwrap_or(now)
+        });
+    }
+
+    /// The generation an operator's reset must name: the known raft's, else the last grant's.
+    pub fn current_generation(&self) -> u64 {
+        match (&self.raft, &self.grant) {
+            (Some(raft), _) => raft.generation,
+            (None, Some(grant)) => grant.generation,
+            (None, None) => 0,
+        }
+    }
+
+    /// The raft this cluster learns when a member heartbeats while none is known: of the last
+    /// grant's generation and size, or of generation 0 and no size when the registry relearns
+    /// it without a grant (it lost its data). `None` when a raft is known already.
+    pub fn raft_to_learn(&self) -> Option<RaftRecord> {
+        if self.raft.is_some() {
+            return None;
+        }
+        Some(RaftRecord {
+            generation: self.grant.as_ref().map_or(0, |g| g.generation),
+            expect: self.grant.as_ref().map(|g| g.expect),
+            known_at_unix_ms: unix_ms_now(),
+        })
+    }
+
+    /// The `expect` of the other live bootstrap and server claims.
+    pub fn other_expects(&self, node: &str) -> Vec<u32> {
+        let mut expects: Vec<u32> = self
+            .nodes
+            .iter()
+            .filter(|(name, _)| name.as_str() != node)
+            .filter_map(|(_, e)| e.claim.as_ref())
+            .filter(|c| matches!(c.role, GrantedRole::Bootstrap | GrantedRole::Server))
+            .map(|c| c.expect)
+            .collect();
+        expects.sort_unstable();
+        expects.dedup();
+        expects
+    }
+
     /// What is live besides `node`. Expired entries were removed by `expire_due` just before
     /// this is called.
     pub fn others(&self, node: &str) -> Others {
@@ -148,7 +225,7 @@ impl ClusterState {
 }
 
 impl State {
-    pub fn new(ttl: Duration) -> State {
+    pub fn new(ttl: Duration, now: Instant) -> State {
         State {
             clusters: HashMap::new(),
             expiry: ExpiryIndex::default(),
@@ -156,7 +233,33 @@ impl State {
             events: 0,
             decisions: VecDeque::new(),
             ttl,
+            last_ran: now,
+            grace_from: now,
         }
+    }
+
+    /// Notices that the process did not run for more than `freeze_gap` (a `docker pause`, a
+    /// stalled VM, SIGSTOP) before anything is decided: every deadline and every cluster's
+    /// last-seen time move on by the gap, since nothing could be observed meanwhile, and the
+    /// startup grace starts again so that members re-register before any new decision.
+    /// Returns the gap when it was a freeze.
+    pub fn observe(&mut self, now: Instant, freeze_gap: Duration) -> Option<Duration> {
+        let gap = now.saturating_duration_since(self.last_ran);
+        self.last_ran = self.last_ran.max(now);
+        if gap <= freeze_gap {
+            return None;
+        }
+        for cs in self.clusters.values_mut() {
+            for entry in cs.nodes.values_mut() {
+                entry.last_refresh += gap;
+            }
+            if let Some(seen) = cs.last_seen.as_mut() {
+                *seen += gap;
+            }
+        }
+        self.grace_from = now;
+        self.events += 1;
+        Some(gap)
     }
 
     pub fn bump_index(&mut self) -> u64 {
@@ -257,6 +360,11 @@ impl State {
                 tracing::warn!(cluster, node, error = %e, "could not delete an expired entry from storage; it will come back with a fresh TTL after a restart");
             }
             if let Some(entry) = self.remove_entry(&cluster, &node, last_refresh) {
+                if let Some(cs) = self.clusters.get(&cluster) {
+                    if let Err(e) = store.put_history(&cluster, &cs.history(now)) {
+                        tracing::warn!(cluster, error = %e, "could not store when the cluster was last seen");
+                    }
+                }
                 n_expired += 1;
                 metrics::counter!("rollcall_expiries_total").increment(1);
                 tracing::info!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rollcall_protocol::{
     BootstrapSummary, ClaimSummary, ClusterDetail, ClusterSummary, GrantedRole, JoinTarget, Member,
-    MemberRole, MembersResponse,
+    MemberRole, MembersResponse, RaftSummary, ResetSummary,
 };
 use tokio::time::Instant;
 
@@ -90,6 +90,17 @@ impl Membership {
             members: cs.live_members(ttl, now, None),
             claims,
             bootstrap,
+            raft: cs.raft.as_ref().map(|r| RaftSummary {
+                generation: r.generation,
+                expect: r.expect,
+                known_at_unix_ms: r.known_at_unix_ms,
+            }),
+            last_reset: cs.last_reset.as_ref().map(|r| ResetSummary {
+                at_unix_ms: r.at_unix_ms,
+                from_generation: r.from_generation,
+                reason: r.reason.clone(),
+                forced: r.forced.clone(),
+            }),
         })
     }
 

@@ -11,6 +11,10 @@
 //! | `members` | `{cluster}/{node}`| [`MemberRecord`]  | a member registers, or its record changes       |
 //! | `claims`  | `{cluster}/{node}`| [`ClaimRecord`]   | a claim is granted or changes role              |
 //! | `grants`  | `{cluster}`       | [`GrantRecord`]   | a bootstrap is granted (replacing the last one) |
+//! | `history` | `{cluster}`       | [`HistoryRecord`] | its raft becomes known, a member leaves or expires, a reset |
+//!
+//! A data directory written before `history` existed has grants without a history: each such
+//! grant loads as a known raft of its generation (safety first: it may have one).
 //!
 //! `/` cannot appear in a validated name, so a key splits back into its parts unambiguously.
 //! Expiry deadlines are not stored: they are kept in memory and every stored member and claim
@@ -35,7 +39,10 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-pub use records::{decode, encode, ClaimRecord, GrantRecord, MemberRecord, Record};
+pub use records::{
+    decode, encode, ClaimRecord, GrantRecord, HistoryRecord, MemberRecord, RaftRecord, Record,
+    ResetRecord,
+};
 
 use flusher::{run_flusher, FlushReply, FlusherStats};
 
@@ -74,6 +81,7 @@ pub struct Loaded {
     pub members: Vec<(String, String, MemberRecord)>,
     pub claims: Vec<(String, String, ClaimRecord)>,
     pub grants: Vec<(String, GrantRecord)>,
+    pub histories: Vec<(String, HistoryRecord)>,
     /// Records that could not be decoded and were skipped (logged one by one).
     pub n_skipped: usize,
 }
@@ -85,6 +93,7 @@ pub struct Store {
     members: sled::Tree,
     claims: sled::Tree,
     grants: sled::Tree,
+    history: sled::Tree,
     flush_requests: mpsc::Sender<FlushReply>,
     flusher: Arc<FlusherStats>,
 }
@@ -108,6 +117,7 @@ impl Store {
         let members = db.open_tree("members")?;
         let claims = db.open_tree("claims")?;
         let grants = db.open_tree("grants")?;
+        let history = db.open_tree("history")?;
         // sled 0.34 writes its log with `sync_file_range`, which survives a killed process but
         // not a power cut; one `fdatasync` of the log per group commit makes an acknowledged
         // write durable against both.
@@ -134,6 +144,7 @@ impl Store {
             members,
             claims,
             grants,
+            history,
             flush_requests: tx,
             flusher,
         })
@@ -158,6 +169,12 @@ impl Store {
             match std::str::from_utf8(&key) {
                 Ok(cluster) => loaded.grants.push((cluster.to_string(), record)),
                 Err(_) => skip_bad_key("grants", &key, &mut loaded.n_skipped),
+            }
+        }
+        for (key, record) in load_tree::<HistoryRecord>(&self.history, &mut loaded.n_skipped)? {
+            match std::str::from_utf8(&key) {
+                Ok(cluster) => loaded.histories.push((cluster.to_string(), record)),
+                Err(_) => skip_bad_key("history", &key, &mut loaded.n_skipped),
             }
         }
         Ok(loaded)
@@ -195,6 +212,11 @@ impl Store {
 
     pub fn put_grant(&self, cluster: &str, record: &GrantRecord) -> Result<(), StoreError> {
         self.grants.insert(cluster.as_bytes(), encode(record))?;
+        Ok(())
+    }
+
+    pub fn put_history(&self, cluster: &str, record: &HistoryRecord) -> Result<(), StoreError> {
+        self.history.insert(cluster.as_bytes(), encode(record))?;
         Ok(())
     }
 

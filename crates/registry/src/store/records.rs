@@ -47,6 +47,40 @@ pub struct GrantRecord {
     pub granted_at_unix_ms: u64,
 }
 
+/// What a cluster has been through: the raft the registry knows it has, the highest generation
+/// it ever had, when a member was last seen, and the last reset. Decisive for the claim rules,
+/// so it survives restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryRecord {
+    /// The cluster's known raft, if any.
+    pub raft: Option<RaftRecord>,
+    /// The highest generation the cluster ever had; the next bootstrap gets one more.
+    pub last_generation: u64,
+    /// When an entry of the cluster was last live (wall clock), for the quiet period and
+    /// `--rebootstrap-after` across restarts.
+    pub last_seen_unix_ms: Option<u64>,
+    /// The operator's last reset, for people.
+    pub last_reset: Option<ResetRecord>,
+}
+
+/// A known raft.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftRecord {
+    pub generation: u64,
+    pub expect: Option<u32>,
+    pub known_at_unix_ms: u64,
+}
+
+/// An operator's reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetRecord {
+    pub at_unix_ms: u64,
+    pub from_generation: u64,
+    pub reason: String,
+    /// Live members the operator named to force the reset.
+    pub forced: Vec<String>,
+}
+
 /// A record type with a stored form.
 pub trait Record: Sized {
     #[doc(hidden)]
@@ -278,6 +312,81 @@ impl Record for GrantRecord {
     }
 }
 
+#[doc(hidden)]
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredHistory {
+    v: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    raft: Option<StoredRaft>,
+    last_generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_seen_unix_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_reset: Option<StoredReset>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredRaft {
+    generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expect: Option<u32>,
+    known_at_unix_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredReset {
+    at_unix_ms: u64,
+    from_generation: u64,
+    reason: String,
+    #[serde(default)]
+    forced: Vec<String>,
+}
+
+impl Record for HistoryRecord {
+    type Stored = StoredHistory;
+
+    fn to_stored(&self) -> StoredHistory {
+        StoredHistory {
+            v: RECORD_VERSION,
+            raft: self.raft.as_ref().map(|r| StoredRaft {
+                generation: r.generation,
+                expect: r.expect,
+                known_at_unix_ms: r.known_at_unix_ms,
+            }),
+            last_generation: self.last_generation,
+            last_seen_unix_ms: self.last_seen_unix_ms,
+            last_reset: self.last_reset.as_ref().map(|r| StoredReset {
+                at_unix_ms: r.at_unix_ms,
+                from_generation: r.from_generation,
+                reason: r.reason.clone(),
+                forced: r.forced.clone(),
+            }),
+        }
+    }
+
+    fn from_stored(s: StoredHistory) -> Result<Self, String> {
+        check_version(s.v)?;
+        Ok(HistoryRecord {
+            raft: s.raft.map(|r| RaftRecord {
+                generation: r.generation,
+                expect: r.expect,
+                known_at_unix_ms: r.known_at_unix_ms,
+            }),
+            last_generation: s.last_generation,
+            last_seen_unix_ms: s.last_seen_unix_ms,
+            last_reset: s.last_reset.map(|r| ResetRecord {
+                at_unix_ms: r.at_unix_ms,
+                from_generation: r.from_generation,
+                reason: r.reason,
+                forced: r.forced,
+            }),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +421,28 @@ mod tests {
         assert_eq!(encode(&claim), CLAIM_V1);
         let grant: GrantRecord = decode(GRANT_V1).expect("grant");
         assert_eq!(encode(&grant), GRANT_V1);
+    }
+
+    #[test]
+    fn a_history_round_trips() {
+        let history = HistoryRecord {
+            raft: Some(RaftRecord {
+                generation: 2,
+                expect: Some(3),
+                known_at_unix_ms: 7,
+            }),
+            last_generation: 2,
+            last_seen_unix_ms: Some(9),
+            last_reset: Some(ResetRecord {
+                at_unix_ms: 5,
+                from_generation: 1,
+                reason: "lost".into(),
+                forced: vec!["a".into()],
+            }),
+        };
+        assert_eq!(decode::<HistoryRecord>(&encode(&history)), Ok(history));
+        let empty = HistoryRecord::default();
+        assert_eq!(decode::<HistoryRecord>(&encode(&empty)), Ok(empty));
     }
 
     #[test]

@@ -24,8 +24,28 @@ fn base() -> ClaimInputs<'static> {
         quiet_period: 15 * S,
         interval: 5 * S,
         last_generation: None,
+        own_address: None,
+        address: "n1:8300",
+        own_expires_in: 10 * S,
+        other_expects: &[],
+        raft: None,
+        grant: None,
+        rebootstrap_after: None,
     }
 }
+
+/// A raft of generation 1 and size 3, known since the grant to n0.
+static KNOWN: KnownRaft = KnownRaft {
+    generation: 1,
+    expect: Some(3),
+    known_at_unix_ms: 1_700_000_000_000,
+};
+
+const GRANT: GrantFacts<'static> = GrantFacts {
+    node: "n0",
+    generation: 1,
+    granted_at_unix_ms: 1_700_000_000_000,
+};
 
 fn others(any: usize, members: usize, servers: usize) -> Others {
     Others {
@@ -192,7 +212,7 @@ fn cases() -> Vec<Case> {
             role: None,
         },
         Case {
-            name: "nothing live, last member seen within the quiet period",
+            name: "a grant whose raft never became known, last seen within the quiet period",
             inputs: ClaimInputs {
                 last_seen_ago: Some(3 * S),
                 last_generation: Some(1),
@@ -202,7 +222,7 @@ fn cases() -> Vec<Case> {
             role: None,
         },
         Case {
-            name: "nothing live, quiet period just over",
+            name: "a grant whose raft never became known, quiet period over: granted again",
             inputs: ClaimInputs {
                 last_seen_ago: Some(15 * S),
                 last_generation: Some(1),
@@ -221,6 +241,126 @@ fn cases() -> Vec<Case> {
             rule: Rule::TakeSlot,
             role: Some(Server),
         },
+        Case {
+            name: "the name is live at another address",
+            inputs: ClaimInputs {
+                own_address: Some("n1:9999"),
+                own_claim: Some(Server),
+                ..b()
+            },
+            rule: Rule::AddressConflict,
+            role: None,
+        },
+        Case {
+            name: "the name is live at the same address",
+            inputs: ClaimInputs {
+                own_address: Some("n1:8300"),
+                own_claim: Some(Server),
+                ..b()
+            },
+            rule: Rule::SameAnswer,
+            role: Some(Server),
+        },
+        Case {
+            name: "a live claim asked another expect before the raft is known",
+            inputs: ClaimInputs {
+                other_expects: &[5],
+                others: others(1, 0, 1),
+                ..b()
+            },
+            rule: Rule::ExpectConflict,
+            role: None,
+        },
+        Case {
+            name: "claims agree on expect",
+            inputs: ClaimInputs {
+                other_expects: &[3],
+                others: others(1, 0, 1),
+                ..b()
+            },
+            rule: Rule::TakeSlot,
+            role: Some(Server),
+        },
+        Case {
+            name: "once the raft is known its size counts, not the claim's",
+            inputs: ClaimInputs {
+                expect: 7,
+                raft: Some(&KNOWN),
+                others: others(3, 3, 3),
+                ..b()
+            },
+            rule: Rule::SlotsFull,
+            role: Some(Agent),
+        },
+        Case {
+            name: "a known raft with free slots takes a server, whatever the claim's expect",
+            inputs: ClaimInputs {
+                expect: 1,
+                raft: Some(&KNOWN),
+                others: others(2, 2, 2),
+                ..b()
+            },
+            rule: Rule::TakeSlot,
+            role: Some(Server),
+        },
+        Case {
+            name: "a known raft's size wins over a conflicting claim's expect",
+            inputs: ClaimInputs {
+                expect: 5,
+                raft: Some(&KNOWN),
+                other_expects: &[3],
+                others: others(1, 1, 1),
+                ..b()
+            },
+            rule: Rule::TakeSlot,
+            role: Some(Server),
+        },
+        Case {
+            name: "a known raft gone quiet is never bootstrapped again on the registry's word",
+            inputs: ClaimInputs {
+                raft: Some(&KNOWN),
+                grant: Some(GRANT),
+                last_generation: Some(1),
+                last_seen_ago: Some(3600 * S),
+                ..b()
+            },
+            rule: Rule::ResetRequired,
+            role: None,
+        },
+        Case {
+            name: "a known raft never seen by this registry needs a reset too",
+            inputs: ClaimInputs {
+                raft: Some(&KNOWN),
+                last_generation: Some(1),
+                ..b()
+            },
+            rule: Rule::ResetRequired,
+            role: None,
+        },
+        Case {
+            name: "a known raft within --rebootstrap-after",
+            inputs: ClaimInputs {
+                raft: Some(&KNOWN),
+                last_generation: Some(1),
+                last_seen_ago: Some(59 * S),
+                rebootstrap_after: Some(60 * S),
+                ..b()
+            },
+            rule: Rule::ResetRequired,
+            role: None,
+        },
+        Case {
+            name: "a known raft gone longer than --rebootstrap-after",
+            inputs: ClaimInputs {
+                raft: Some(&KNOWN),
+                last_generation: Some(1),
+                last_seen_ago: Some(60 * S),
+                rebootstrap_after: Some(60 * S),
+                ..b()
+            },
+            rule: Rule::RebootstrapAfter,
+            role: Some(Bootstrap),
+        },
     ]
 }
 
@@ -231,7 +371,7 @@ fn every_case_is_decided_by_its_rule() {
         assert_eq!(decision.rule(), case.rule, "{}: {decision:?}", case.name);
         let role = match &decision {
             Decision::Grant { role, .. } => Some(*role),
-            Decision::Defer { .. } => None,
+            Decision::Defer { .. } | Decision::Refuse { .. } => None,
         };
         assert_eq!(role, case.role, "{}: {decision:?}", case.name);
     }
@@ -277,12 +417,8 @@ fn only_a_new_bootstrap_carries_a_generation() {
             rule, generation, ..
         } = decide(&case.inputs)
         {
-            assert_eq!(
-                generation.is_some(),
-                rule == Rule::Bootstrap,
-                "{}",
-                case.name
-            );
+            let new_raft = matches!(rule, Rule::Bootstrap | Rule::RebootstrapAfter);
+            assert_eq!(generation.is_some(), new_raft, "{}", case.name);
         }
     }
 }
@@ -290,7 +426,7 @@ fn only_a_new_bootstrap_carries_a_generation() {
 #[test]
 fn refusals_say_how_long_to_wait() {
     let wait = |inputs: ClaimInputs<'static>| match decide(&inputs) {
-        Decision::Defer { retry_after, .. } => retry_after,
+        Decision::Defer { retry_after, .. } | Decision::Refuse { retry_after, .. } => retry_after,
         other => panic!("{other:?}"),
     };
     // The rest of the grace, the rest of the quiet period, one interval otherwise.
