@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{shuffled, AgentCommand, Health, StartPlan};
+use super::{describe, dir_has_entries, shuffled, AgentCommand, Health, StartPlan};
 use crate::config::{is_ip_literal, join_host_port, Settings};
 use crate::exit::{Exit, EXIT_JOIN_FAILED};
 use crate::registry::Registry;
@@ -121,7 +121,7 @@ impl EtcdEngine {
 
     /// etcd writes its raft log under `member/wal` of the data directory.
     pub fn has_raft_state(&self) -> bool {
-        super::consul::dir_has_entries(&self.data_dir.join("member").join("wal"))
+        dir_has_entries(&self.data_dir.join("member").join("wal"))
     }
 
     fn args(&self) -> EtcdArgs<'_> {
@@ -401,18 +401,6 @@ impl EtcdEngine {
         }
         serde_json::from_slice(&bytes).map_err(|e| format!("{url}: unexpected answer: {e}"))
     }
-}
-
-/// An error with its causes, since reqwest's own message hides them ("error sending request").
-pub fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Everything etcd's command line depends on.

@@ -178,3 +178,22 @@ pub fn shuffled(targets: &[String]) -> Vec<String> {
     targets.shuffle(&mut rand::thread_rng());
     targets
 }
+
+/// True when `dir` exists and holds at least one entry: how engines recognise raft state.
+pub fn dir_has_entries(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false)
+}
+
+/// An error with its causes, since reqwest's own message hides them ("error sending request").
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
