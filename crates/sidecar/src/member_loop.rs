@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::engine::{Engine, Health};
-use crate::registry::Registry;
+use crate::registry_link::RegistryLink;
 
 /// Heartbeat interval until the registry has named one (a restart that did not claim).
 pub const FALLBACK_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -38,7 +38,7 @@ pub const HEARTBEAT_RETRY_MAX: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct MemberLoop {
     pub engine: Arc<Engine>,
-    pub registry: Arc<Registry>,
+    pub registry: Arc<RegistryLink>,
     pub role: MemberRole,
     /// The role the start-up claim granted; `None` for a restart that did not claim, in
     /// which case there is no claim to renew.

@@ -21,7 +21,7 @@ use crate::config::Settings;
 use crate::engine::{Engine, StartPlan};
 use crate::exit::{Exit, EXIT_SIGNAL_BASE};
 use crate::member_loop::{MemberLoop, FALLBACK_HEARTBEAT_INTERVAL};
-use crate::registry::Registry;
+use crate::registry_link::RegistryLink;
 use crate::supervisor::{start_reaper, Agent, Signals};
 
 /// Runs the sidecar and returns its exit code.
@@ -29,7 +29,7 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
     let mut signals = Signals::new()?;
     let exits = start_reaper()?;
     let engine = Arc::new(Engine::new(&settings)?);
-    let registry = Arc::new(Registry::new(&settings)?);
+    let registry = Arc::new(RegistryLink::new(&settings)?);
 
     let decision = tokio::select! {
         decision = decide(&engine, &registry, &settings) => decision?,
@@ -150,7 +150,7 @@ struct Decision {
 
 async fn decide(
     engine: &Engine,
-    registry: &Registry,
+    registry: &RegistryLink,
     settings: &Settings,
 ) -> Result<Decision, Exit> {
     if engine.has_raft_state() {

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use super::{describe, dir_has_entries, shuffled, AgentCommand, Health, StartPlan};
 use crate::config::{is_ip_literal, join_host_port, Settings};
 use crate::exit::{Exit, EXIT_JOIN_FAILED};
-use crate::registry::Registry;
+use crate::registry_link::RegistryLink;
 
 /// Pause between two rounds over the join targets.
 const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(500);
@@ -140,7 +140,7 @@ impl EtcdEngine {
     pub async fn prepare(
         &self,
         plan: &StartPlan,
-        registry: &Registry,
+        registry: &RegistryLink,
     ) -> Result<AgentCommand, Exit> {
         self.remember_voters(plan.join().iter().map(|t| format!("http://{t}")));
         let args = match plan {
@@ -166,7 +166,7 @@ impl EtcdEngine {
         })
     }
 
-    async fn wait_for_targets(&self, registry: &Registry) -> Result<Vec<String>, Exit> {
+    async fn wait_for_targets(&self, registry: &RegistryLink) -> Result<Vec<String>, Exit> {
         let deadline = Instant::now() + self.join_timeout;
         loop {
             if let Some(targets) = registry
@@ -191,7 +191,7 @@ impl EtcdEngine {
     async fn add_self_as_learner(
         &self,
         join: &[String],
-        registry: &Registry,
+        registry: &RegistryLink,
     ) -> Result<String, Exit> {
         let deadline = Instant::now() + self.join_timeout;
         let mut targets = join.to_vec();

@@ -16,7 +16,7 @@ use rollcall_protocol::{AgentStatus, MemberRole};
 
 use crate::config::{EngineKind, Settings};
 use crate::exit::Exit;
-use crate::registry::Registry;
+use crate::registry_link::RegistryLink;
 
 /// How the agent must start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +112,7 @@ impl Engine {
     pub async fn prepare(
         &self,
         plan: &StartPlan,
-        registry: &Registry,
+        registry: &RegistryLink,
     ) -> Result<AgentCommand, Exit> {
         match self {
             Engine::Consul(e) => Ok(e.command(plan)),
