@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::Settings;
+use crate::engine::JoinTargets;
 use crate::exit::{
     exit_for_registry_error, Exit, EXIT_CONFIG, EXIT_INTERNAL, EXIT_REGISTRY_UNREACHABLE,
 };
@@ -184,5 +185,12 @@ impl RegistryLink {
             }
             Err(_) => warn!("leaving the registry timed out; the entry expires after its TTL"),
         }
+    }
+}
+
+/// The engine asks the registry for fresh join targets through this.
+impl JoinTargets for RegistryLink {
+    async fn live_server_addresses(&self) -> Option<Vec<String>> {
+        RegistryLink::live_server_addresses(self).await
     }
 }

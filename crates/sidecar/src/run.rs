@@ -48,7 +48,7 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
     });
 
     let command = tokio::select! {
-        command = engine.prepare(&decision.plan, &registry) => command,
+        command = engine.prepare(&decision.plan, registry.as_ref()) => command,
         signal = signals.recv_stop() => {
             info!(signal = %signal, "stopped while preparing the agent");
             member_loop.stop().await;

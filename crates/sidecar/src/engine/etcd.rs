@@ -28,10 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{describe, dir_has_entries, shuffled, AgentCommand, Health, StartPlan};
+use super::{describe, dir_has_entries, shuffled, AgentCommand, Health, JoinTargets, StartPlan};
 use crate::config::{is_ip_literal, join_host_port, Settings};
 use crate::exit::{Exit, EXIT_JOIN_FAILED};
-use crate::registry_link::RegistryLink;
 
 /// Pause between two rounds over the join targets.
 const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(500);
@@ -140,19 +139,19 @@ impl EtcdEngine {
     pub async fn prepare(
         &self,
         plan: &StartPlan,
-        registry: &RegistryLink,
+        targets: &impl JoinTargets,
     ) -> Result<AgentCommand, Exit> {
         self.remember_voters(plan.join().iter().map(|t| format!("http://{t}")));
         let args = match plan {
             StartPlan::Bootstrap => member_args(&self.args(), Initial::New),
             StartPlan::Restart { .. } => member_args(&self.args(), Initial::FromData),
             StartPlan::Server { join } => {
-                let initial_cluster = self.add_self_as_learner(join, registry).await?;
+                let initial_cluster = self.add_self_as_learner(join, targets).await?;
                 member_args(&self.args(), Initial::Existing(&initial_cluster))
             }
             StartPlan::Agent { join } => {
                 let join = if join.is_empty() {
-                    self.wait_for_targets(registry).await?
+                    self.wait_for_targets(targets).await?
                 } else {
                     join.clone()
                 };
@@ -166,15 +165,15 @@ impl EtcdEngine {
         })
     }
 
-    async fn wait_for_targets(&self, registry: &RegistryLink) -> Result<Vec<String>, Exit> {
+    async fn wait_for_targets(&self, targets: &impl JoinTargets) -> Result<Vec<String>, Exit> {
         let deadline = Instant::now() + self.join_timeout;
         loop {
-            if let Some(targets) = registry
+            if let Some(servers) = targets
                 .live_server_addresses()
                 .await
                 .filter(|t| !t.is_empty())
             {
-                return Ok(targets);
+                return Ok(servers);
             }
             if Instant::now() >= deadline {
                 return Err(Exit::new(
@@ -191,12 +190,12 @@ impl EtcdEngine {
     async fn add_self_as_learner(
         &self,
         join: &[String],
-        registry: &RegistryLink,
+        targets: &impl JoinTargets,
     ) -> Result<String, Exit> {
         let deadline = Instant::now() + self.join_timeout;
-        let mut targets = join.to_vec();
+        let mut candidates = join.to_vec();
         loop {
-            for target in shuffled(&targets) {
+            for target in shuffled(&candidates) {
                 info!(target = %target, "joining the etcd cluster through this member, chosen at random among the live servers");
                 match self.add_through(&target).await {
                     Ok(initial_cluster) => return Ok(initial_cluster),
@@ -215,13 +214,13 @@ impl EtcdEngine {
                 ));
             }
             tokio::time::sleep(JOIN_RETRY_PAUSE).await;
-            // The live servers may have changed while we tried: ask the registry again.
-            if let Some(fresh) = registry
+            // The live servers may have changed while we tried: ask again.
+            if let Some(fresh) = targets
                 .live_server_addresses()
                 .await
                 .filter(|t| !t.is_empty())
             {
-                targets = fresh;
+                candidates = fresh;
             }
         }
     }

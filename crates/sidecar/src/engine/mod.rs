@@ -10,13 +10,13 @@ pub mod consul;
 pub mod etcd;
 pub mod exec;
 
+use std::future::Future;
 use std::time::Duration;
 
 use rollcall_protocol::{AgentStatus, MemberRole};
 
 use crate::config::{EngineKind, Settings};
 use crate::exit::Exit;
-use crate::registry_link::RegistryLink;
 
 /// How the agent must start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,15 @@ impl StartPlan {
             | StartPlan::Restart { join } => join,
         }
     }
+}
+
+/// Where an engine finds join targets beyond those granted at start: etcd asks again between
+/// rounds of member adds, and a gateway granted no server waits here for one. The engine
+/// does not know how they are found; `RegistryLink` asks the registry.
+pub trait JoinTargets {
+    /// The live servers' addresses other than this node's, or `None` when they cannot be
+    /// known right now.
+    fn live_server_addresses(&self) -> impl Future<Output = Option<Vec<String>>>;
 }
 
 /// A command line ready to spawn.
@@ -108,15 +117,16 @@ impl Engine {
     }
 
     /// Builds the command for `plan`. etcd's `server` adds the member through a live
-    /// server's API here, retrying its join targets until one answers or `join_timeout` ends.
+    /// server's API here, retrying its join targets until one answers or `join_timeout` ends;
+    /// `targets` is asked for fresh ones between rounds.
     pub async fn prepare(
         &self,
         plan: &StartPlan,
-        registry: &RegistryLink,
+        targets: &impl JoinTargets,
     ) -> Result<AgentCommand, Exit> {
         match self {
             Engine::Consul(e) => Ok(e.command(plan)),
-            Engine::Etcd(e) => e.prepare(plan, registry).await,
+            Engine::Etcd(e) => e.prepare(plan, targets).await,
             Engine::Exec(e) => e.command(plan),
         }
     }
