@@ -31,6 +31,10 @@ pub async fn heartbeat(settings: Settings, role: MemberRole) -> Result<i32, Exit
     let role = engine.detect_role().await.unwrap_or(role);
     match engine.health(role).await {
         Health::Healthy => {}
+        Health::Learner { .. } => {
+            warn!("the agent is a learner, not a voter yet; no heartbeat sent");
+            return Ok(EXIT_AGENT_NOT_RUNNING);
+        }
         Health::Starting(reason) | Health::NotRunning(reason) => {
             warn!(%reason, "the agent is not running or not healthy; no heartbeat sent");
             return Ok(EXIT_AGENT_NOT_RUNNING);

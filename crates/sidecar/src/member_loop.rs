@@ -59,8 +59,8 @@ impl MemberLoop {
         let mut failed_heartbeats: u32 = 0;
         let mut failing_since: Option<Instant> = None;
         loop {
-            let wait = match self.engine.health(self.role).await {
-                Health::Healthy => {
+            let wait = match self.agent_health().await {
+                Ok(()) => {
                     if !healthy {
                         info!(role = %self.role, "the agent is healthy; heartbeating");
                     }
@@ -107,7 +107,7 @@ impl MemberLoop {
                         }
                     }
                 }
-                Health::Starting(reason) | Health::NotRunning(reason) => {
+                Err(reason) => {
                     if healthy {
                         warn!(%reason, "the agent is not healthy; heartbeats paused");
                     }
@@ -127,6 +127,17 @@ impl MemberLoop {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.wait_for(|stop| *stop) => return,
             }
+        }
+    }
+
+    /// `Ok` while the agent is healthy, else why not. Where a join added the member as a
+    /// learner, this is where the join ends: the learner is promoted to a voter (etcd
+    /// refuses until it has caught up, so this is tried again each round until it works).
+    async fn agent_health(&self) -> Result<(), String> {
+        match self.engine.health(self.role).await {
+            Health::Healthy => Ok(()),
+            Health::Learner { member_id } => self.engine.promote_learner(&member_id).await,
+            Health::Starting(reason) | Health::NotRunning(reason) => Err(reason),
         }
     }
 

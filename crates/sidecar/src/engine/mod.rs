@@ -83,7 +83,11 @@ pub struct AgentCommand {
 pub enum Health {
     /// Serving, inside a raft with a leader: heartbeats may be sent.
     Healthy,
-    /// Answering, but not ready (no leader yet, a learner catching up).
+    /// Serving as a non-voting learner (etcd): the join's last step, promotion, is due
+    /// ([`Engine::promote_learner`]). Not healthy until then: no one may be told to join
+    /// through a member that cannot add them.
+    Learner { member_id: String },
+    /// Answering, but not ready (no leader yet).
     Starting(String),
     /// Not answering at all.
     NotRunning(String),
@@ -131,12 +135,25 @@ impl Engine {
         }
     }
 
-    /// Reads the agent's health; `role` is the role it was started as.
+    /// Reads the agent's health; `role` is the role it was started as. Only reads: what to
+    /// do about the answer is the caller's.
     pub async fn health(&self, role: MemberRole) -> Health {
         match self {
             Engine::Consul(e) => e.health().await,
             Engine::Etcd(e) => e.health(role).await,
             Engine::Exec(e) => e.health().await,
+        }
+    }
+
+    /// The last step of a join that added this member as a learner: promotion to a voter.
+    /// Called by the member loop each time [`Engine::health`] answers [`Health::Learner`];
+    /// etcd refuses until the learner has caught up, so an error means "not yet".
+    pub async fn promote_learner(&self, member_id: &str) -> Result<(), String> {
+        match self {
+            Engine::Etcd(e) => e.promote_learner(member_id).await,
+            Engine::Consul(_) | Engine::Exec(_) => {
+                Err("only etcd members join as learners".to_string())
+            }
         }
     }
 

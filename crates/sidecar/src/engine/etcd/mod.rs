@@ -12,7 +12,8 @@
 //! - `bootstrap`: a new one-member cluster (`--initial-cluster-state new`).
 //! - `server`: the member adds itself as a **learner** through a live server, starts with
 //!   `--initial-cluster-state existing` and the member list that call returned, and is
-//!   promoted to a voter by the health check once it has caught up ([`join`]).
+//!   promoted to a voter once it has caught up ([`join`]): the health check only reports
+//!   a learner ([`Health::Learner`]), and the member loop calls the promotion by name.
 //! - `agent`: `etcd gateway start` to the live servers' client addresses.
 //! - restart: the data directory holds `member/wal`, so etcd starts from it; the member is
 //!   neither bootstrapped nor added again (its ID stays the same).
@@ -172,15 +173,17 @@ impl EtcdEngine {
         // A member that joined as a learner heartbeats only once it is a voter, so that no
         // one is told to join through a member that cannot add them.
         match self.api.status(&base).await {
-            Ok(status) if status.is_learner => {
-                match self.join.promote_learner(&status.header.member_id).await {
-                    Ok(()) => Health::Healthy,
-                    Err(reason) => Health::Starting(reason),
-                }
-            }
+            Ok(status) if status.is_learner => Health::Learner {
+                member_id: status.header.member_id,
+            },
             Ok(_) => Health::Healthy,
             Err(reason) => Health::Starting(reason),
         }
+    }
+
+    /// The join's last step; see [`EtcdJoin::promote_learner`].
+    pub async fn promote_learner(&self, member_id: &str) -> Result<(), String> {
+        self.join.promote_learner(member_id).await
     }
 
     pub async fn status(&self, role: MemberRole) -> Option<AgentStatus> {
