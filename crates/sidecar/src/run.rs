@@ -20,7 +20,7 @@ use tracing::{info, warn, Instrument as _};
 use crate::config::Settings;
 use crate::engine::{Engine, StartPlan};
 use crate::exit::{Exit, EXIT_SIGNAL_BASE};
-use crate::member_loop::{MemberLoop, FALLBACK_HEARTBEAT_INTERVAL};
+use crate::member_loop::{interval_from_ms, MemberLoop, FALLBACK_HEARTBEAT_INTERVAL};
 use crate::registry_link::RegistryLink;
 use crate::supervisor::{start_reaper, Agent, Signals};
 
@@ -185,6 +185,6 @@ async fn decide(
     Ok(Decision {
         plan,
         granted: Some(claim.role),
-        interval: Duration::from_millis(claim.interval_ms.max(1)),
+        interval: interval_from_ms(claim.interval_ms),
     })
 }
