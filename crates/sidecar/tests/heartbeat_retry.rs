@@ -31,7 +31,7 @@ const SCHEDULING_MARGIN: Duration = Duration::from_millis(300);
 async fn a_failed_heartbeat_is_retried_within_a_quarter_interval_not_a_whole_one() {
     let temp = tempfile::tempdir().expect("tempdir");
     let logs = temp.path();
-    let mut registry = Registry::start_with_timing(
+    let mut registry = TestRegistry::start_with_timing(
         0,
         &temp.path().join("registry-a"),
         logs,
@@ -57,7 +57,7 @@ async fn a_failed_heartbeat_is_retried_within_a_quarter_interval_not_a_whole_one
 
     // The registry dies. Restart it (empty) the moment the sidecar reports a failed
     // heartbeat: a retry one interval later would then come 1.6 to 2 s after the restart.
-    registry.process.kill_all();
+    registry.kill();
     poll_until(
         RETRY_TEST_INTERVAL + Duration::from_secs(2),
         "a failed heartbeat in the sidecar's log",
@@ -74,7 +74,7 @@ async fn a_failed_heartbeat_is_retried_within_a_quarter_interval_not_a_whole_one
     .await;
     let port = registry.port;
     drop(registry);
-    let registry = Registry::start_with_timing(
+    let registry = TestRegistry::start_with_timing(
         port,
         &temp.path().join("registry-b"),
         logs,

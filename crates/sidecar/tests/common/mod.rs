@@ -1,16 +1,18 @@
-//! Test harness for the sidecar: the real `rollcall-registry` binary, real `rollcall-sidecar`
-//! processes and the real etcd they start, all on 127.0.0.1 with free ports and temporary
-//! directories. Every process a test starts is killed by its guard's `Drop`, by pid, with
-//! its descendants (a sidecar's agent) found through /proc.
+//! Test harness for the sidecar: the real registry served in the test process on a bound
+//! loopback listener, real `rollcall-sidecar` processes and the real etcd they start, all on
+//! 127.0.0.1 with temporary directories. Every process a test starts is killed by its
+//! guard's `Drop`, by pid, with its descendants (a sidecar's agent) found through /proc.
 
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser as _;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rollcall_protocol::{MemberRole, MembersResponse, RegistryClient};
@@ -31,7 +33,8 @@ pub const REGISTRY_TIMING: &[&str] = &[
     "1s",
 ];
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago: for etcd's ports (etcd binds them itself) and for
+/// addresses where nothing must answer. Never for the registry, which binds first.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -56,27 +59,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The registry binary: `ROLLCALL_REGISTRY_BIN`, else next to this test's target directory,
-/// built with cargo when it is missing.
-pub fn registry_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("ROLLCALL_REGISTRY_BIN") {
-        return PathBuf::from(path);
-    }
-    // target/debug/deps/<test> -> target/debug/rollcall-registry
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("rollcall-registry");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "rollcall-registry"])
-            .status()
-            .expect("run cargo build -p rollcall-registry");
-        assert!(status.success(), "cargo build -p rollcall-registry failed");
-    }
-    bin
 }
 
 pub fn sidecar_bin() -> &'static str {
@@ -161,14 +143,18 @@ impl ProcessGuard {
 impl Drop for ProcessGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log_text();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- last lines of {} ----", self.name);
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+            print_log_tail(&self.name, &self.log_text());
         }
         self.kill_all();
+    }
+}
+
+/// The last 40 lines of a log, for a failing test's output.
+fn print_log_tail(name: &str, log: &str) {
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    eprintln!("---- last lines of {name} ----");
+    for line in tail.iter().rev() {
+        eprintln!("{line}");
     }
 }
 
@@ -210,59 +196,126 @@ pub fn descendants_of(pid: i32) -> Vec<i32> {
     found
 }
 
-/// The real registry on a loopback port.
+/// The real registry, served in this test process on its own thread and runtime (so that
+/// a test blocked on a sidecar's `output()` does not stall it), from a listener bound
+/// before it starts: no other process can take its port. Its log goes to a file in the
+/// test's log directory, and is printed when a test fails.
 #[derive(Debug)]
-pub struct Registry {
-    pub process: ProcessGuard,
+pub struct TestRegistry {
     pub port: u16,
+    /// A plain-HTTP client of it (a registry serving TLS needs one that trusts its CA).
     pub client: RegistryClient,
+    log: PathBuf,
+    server: Option<RegistryThread>,
 }
 
-impl Registry {
-    /// Starts the registry on `port` (0: a free one) with `data_dir`, and waits for /health.
-    pub async fn start(port: u16, data_dir: &Path, logs: &Path, extra: &[&str]) -> Registry {
-        Registry::start_with_timing(port, data_dir, logs, REGISTRY_TIMING, extra).await
+/// The thread the registry runs on, and the switch that ends it.
+#[derive(Debug)]
+struct RegistryThread {
+    kill: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl TestRegistry {
+    /// Starts the registry on `port` (0: any free one) with `data_dir` and the test timing,
+    /// and waits for /health.
+    pub async fn start(port: u16, data_dir: &Path, logs: &Path, extra: &[&str]) -> TestRegistry {
+        TestRegistry::start_with_timing(port, data_dir, logs, REGISTRY_TIMING, extra).await
     }
 
-    /// [`Registry::start`] with other timing flags than [`REGISTRY_TIMING`] (the registry
-    /// refuses a flag given twice, so they cannot simply be overridden in `extra`).
+    /// [`TestRegistry::start`] with other timing flags than [`REGISTRY_TIMING`] (the
+    /// registry refuses a flag given twice, so they cannot simply be overridden in `extra`).
     pub async fn start_with_timing(
         port: u16,
         data_dir: &Path,
         logs: &Path,
         timing: &[&str],
         extra: &[&str],
-    ) -> Registry {
-        let port = if port == 0 { free_port() } else { port };
-        let mut command = Command::new(registry_bin());
-        command
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(timing)
-            .args(extra)
-            .env("RUST_LOG", "info");
-        let log = logs.join(format!(
-            "registry-{}.log",
-            Instant::now().elapsed().as_nanos() ^ u128::from(port)
-        ));
-        let process = ProcessGuard::spawn("registry", command, unique(log));
-        let client = RegistryClient::new(format!("http://127.0.0.1:{port}"), None).expect("client");
+    ) -> TestRegistry {
+        let args: Vec<&str> = timing.iter().chain(extra).copied().collect();
+        let registry = TestRegistry::serve(port, data_dir, logs, &args);
         poll_until(Duration::from_secs(10), "the registry's /health", || {
-            let client = client.clone();
+            let client = registry.client.clone();
             async move { client.health().await.ok() }
         })
         .await;
-        Registry {
-            process,
+        registry
+    }
+
+    /// Serves the registry on `port` (0: any free one; another: the port of a registry this
+    /// test killed) with `data_dir` and the flags `args`, without waiting for it. The
+    /// configuration is parsed by the registry's own flag parser, as its binary does.
+    pub fn serve(port: u16, data_dir: &Path, logs: &Path, args: &[&str]) -> TestRegistry {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the registry's port");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
+        let port = listener.local_addr().expect("bound address").port();
+        let mut argv: Vec<OsString> = vec!["rollcall-registry".into(), "--listen".into()];
+        argv.push(format!("127.0.0.1:{port}").into());
+        argv.push("--data-dir".into());
+        argv.push(data_dir.into());
+        argv.extend(args.iter().map(OsString::from));
+        let config = rollcall_registry::config::Cli::try_parse_from(argv)
+            .expect("registry flags")
+            .serve
+            .validate()
+            .expect("registry configuration");
+        let log = unique(logs.join(format!("registry-{port}.log")));
+        let log_file = std::fs::File::create(&log).expect("create the registry log");
+        let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("registry-{port}"))
+            .spawn(move || {
+                // A current-thread runtime polls every task on this thread, so this thread's
+                // subscriber sees all the registry logs.
+                let subscriber = tracing_subscriber::fmt()
+                    .with_writer(std::sync::Mutex::new(log_file))
+                    .with_ansi(false)
+                    .with_max_level(tracing::Level::INFO)
+                    .finish();
+                let _logging = tracing::subscriber::set_default(subscriber);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("the registry's runtime");
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    tokio::select! {
+                        result = rollcall_registry::run(config, listener, std::future::pending()) => {
+                            if let Err(error) = result {
+                                tracing::error!(error = format!("{error:#}"), "rollcall-registry stopped");
+                            }
+                        }
+                        _ = killed => {}
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .expect("spawn the registry's thread");
+        TestRegistry {
             port,
-            client,
+            client: RegistryClient::new(format!("http://127.0.0.1:{port}"), None).expect("client"),
+            log,
+            server: Some(RegistryThread { kill, thread }),
+        }
+    }
+
+    /// Ends the registry as a crash would: no drain and no leave, every connection dropped
+    /// and the listener closed (its port free again) when this returns.
+    pub fn kill(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.kill.send(());
+            server.thread.join().expect("the registry's thread");
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub async fn members(&self, cluster: &str) -> Option<MembersResponse> {
@@ -280,6 +333,15 @@ impl Registry {
             .filter(|m| m.role == MemberRole::Server && m.status.in_raft == Some(true))
             .map(|m| m.node)
             .collect()
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_log_tail("registry", &self.log_text());
+        }
+        self.kill();
     }
 }
 
