@@ -43,15 +43,7 @@ async fn a_failed_heartbeat_is_retried_within_a_quarter_interval_not_a_whole_one
     command.arg("run").args(run_script("exec sleep 600"));
     let sidecar = ProcessGuard::spawn("steady", command, logs.join("steady.log"));
     poll_until(Duration::from_secs(15), "the node in the registry", || {
-        let registry = &registry;
-        async move {
-            let members = registry.members(CLUSTER).await?;
-            members
-                .members
-                .iter()
-                .any(|m| m.node == "steady")
-                .then_some(())
-        }
+        registry.listing(CLUSTER, "steady")
     })
     .await;
 
@@ -86,17 +78,7 @@ async fn a_failed_heartbeat_is_retried_within_a_quarter_interval_not_a_whole_one
     poll_until(
         RETRY_TEST_INTERVAL,
         "the empty registry to relearn the member",
-        || {
-            let registry = &registry;
-            async move {
-                let members = registry.members(CLUSTER).await?;
-                members
-                    .members
-                    .iter()
-                    .any(|m| m.node == "steady")
-                    .then_some(())
-            }
-        },
+        || registry.listing(CLUSTER, "steady"),
     )
     .await;
     let relisted_after = restarted.elapsed();

@@ -11,14 +11,9 @@ use common::*;
 use nix::sys::signal::Signal;
 
 async fn wait_listed(registry: &TestRegistry, cluster: &str, node: &str) {
-    poll_until(
-        Duration::from_secs(15),
-        "the node in the registry",
-        || async move {
-            let members = registry.members(cluster).await?;
-            members.members.iter().any(|m| m.node == node).then_some(())
-        },
-    )
+    poll_until(Duration::from_secs(15), "the node in the registry", || {
+        registry.listing(cluster, node)
+    })
     .await;
 }
 

@@ -35,21 +35,11 @@ fn write_ca_and_server_cert(
 }
 
 fn members_command(url: &str, cluster: &str, extra: &[&str]) -> Command {
-    let mut command = Command::new(sidecar_bin());
+    let mut command = sidecar(url, cluster, "probe");
     command
-        .args([
-            "--registry",
-            url,
-            "--cluster",
-            cluster,
-            "--node",
-            "probe",
-            "--advertise",
-            "127.0.0.1:1",
-        ])
+        .args(["--advertise", "127.0.0.1:1"])
         .arg("members")
-        .args(extra)
-        .env("ROLLCALL_LOG", "info");
+        .args(extra);
     command
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{free_port, sidecar_bin, unique, ProcessGuard};
+use super::{free_port, sidecar, unique, ProcessGuard};
 
 /// One etcd node run by a sidecar.
 #[derive(Debug)]
@@ -38,16 +38,8 @@ impl EtcdNode {
 
     /// The `rollcall-sidecar run --engine etcd` command for this node.
     pub fn sidecar_command(&self, registry_url: &str, cluster: &str, expect: u32) -> Command {
-        let mut command = Command::new(sidecar_bin());
+        let mut command = sidecar(registry_url, cluster, &self.name);
         command
-            .args([
-                "--registry",
-                registry_url,
-                "--cluster",
-                cluster,
-                "--node",
-                &self.name,
-            ])
             .args(["--advertise", &self.address()])
             .args(["--etcd-peer-port", &self.peer_port.to_string()])
             .args(["--engine", "etcd", "--expect", &expect.to_string()])
@@ -61,8 +53,7 @@ impl EtcdNode {
                 "--join-timeout",
                 "60s",
             ])
-            .arg("run")
-            .env("ROLLCALL_LOG", "info");
+            .arg("run");
         command
     }
 

@@ -195,22 +195,26 @@ fn unique(path: PathBuf) -> PathBuf {
     }
     candidate
 }
-/// `rollcall-sidecar ... --engine exec` for node `node`, with `extra` flags before `cmd`.
-pub fn exec_sidecar(registry_url: &str, cluster: &str, node: &str, cmd: &[&str]) -> Command {
+
+/// `rollcall-sidecar` for node `node` of `cluster` at the registry `registry_url`, logging
+/// at `info`; callers add the other flags and the command.
+pub fn sidecar(registry_url: &str, cluster: &str, node: &str) -> Command {
     let mut command = Command::new(sidecar_bin());
     command
-        .args([
-            "--registry",
-            registry_url,
-            "--cluster",
-            cluster,
-            "--node",
-            node,
-        ])
+        .args(["--registry", registry_url])
+        .args(["--cluster", cluster])
+        .args(["--node", node])
+        .env("ROLLCALL_LOG", "info");
+    command
+}
+
+/// `rollcall-sidecar ... --engine exec` for node `node`, with `extra` flags before `cmd`.
+pub fn exec_sidecar(registry_url: &str, cluster: &str, node: &str, cmd: &[&str]) -> Command {
+    let mut command = sidecar(registry_url, cluster, node);
+    command
         .args(["--advertise", &format!("127.0.0.1:{}", free_port())])
         .args(["--engine", "exec", "--expect", "1"])
-        .env("ROLLCALL_LOG", "info");
-    command.args(cmd);
+        .args(cmd);
     command
 }
 

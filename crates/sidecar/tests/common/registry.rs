@@ -152,6 +152,12 @@ impl TestRegistry {
         self.client.members(cluster, None).await.ok()
     }
 
+    /// `Some(())` once `cluster` lists `node`, for [`poll_until`].
+    pub async fn listing(&self, cluster: &str, node: &str) -> Option<()> {
+        let members = self.members(cluster).await?;
+        members.members.iter().any(|m| m.node == node).then_some(())
+    }
+
     /// Live servers of `cluster` whose heartbeat says they are in the raft.
     pub async fn servers_in_raft(&self, cluster: &str) -> Vec<String> {
         let Some(members) = self.members(cluster).await else {
