@@ -3,8 +3,10 @@
 //!
 //! The rest of the sidecar only sees [`Engine`]: it hands over a [`StartPlan`] (what the
 //! registry decided, or a restart from existing data) and gets back an [`AgentCommand`] to
-//! spawn; later it asks [`Engine::health`] and [`Engine::status`]. Each engine's argument
-//! building and response parsing are pure functions, tested by tables in their modules.
+//! spawn; later it asks [`Engine::health`] and [`Engine::status`], and, while an etcd
+//! member that joined as a learner is not a voter yet, calls [`Engine::promote_learner`].
+//! Each engine's argument building and response parsing are pure functions, tested by
+//! tables in their modules.
 
 pub mod consul;
 pub mod etcd;

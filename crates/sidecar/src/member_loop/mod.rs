@@ -131,7 +131,8 @@ pub fn interval_from_ms(ms: u64) -> Duration {
 
 /// The pause before retrying a heartbeat that failed on an unreachable or failing registry:
 /// a quarter of `interval`, at most [`HEARTBEAT_RETRY_MAX`], less jitter so that a fleet's
-/// retries do not arrive together when the registry comes back.
+/// retries do not arrive together when the registry comes back. This is the pause
+/// [`MemberState`] answers after such a failure with the loop's jitter, [`jittered`].
 pub fn heartbeat_retry_after(interval: Duration) -> Duration {
     jittered(retry_pause(interval))
 }
