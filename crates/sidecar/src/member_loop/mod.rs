@@ -2,7 +2,9 @@
 //!
 //! Until the agent is first healthy, the loop renews the node's claim every interval (so
 //! the registry keeps its server slot, and lists it as a join target, while the agent is
-//! still joining) and polls the agent's health quickly. Once the agent is healthy it sends
+//! still joining) and polls the agent's health quickly. Strictly, renewal ends with the
+//! first heartbeat the registry accepts: a healthy agent whose heartbeats cannot reach the
+//! registry has only its claim to hold its slot. Once the agent is healthy it sends
 //! heartbeats carrying the agent's status, at the registry's interval minus up to 20%
 //! jitter. When the agent is not healthy, nothing is sent. A heartbeat that fails because
 //! the registry is unreachable or answers 5xx is retried after a quarter of the interval (at
