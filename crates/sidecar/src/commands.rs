@@ -13,7 +13,7 @@ use crate::engine::{Engine, Health};
 use crate::exit::{
     exit_for_registry_error, Exit, EXIT_AGENT_NOT_RUNNING, EXIT_CONFIG, EXIT_INTERNAL, EXIT_OK,
 };
-use crate::registry::Registry;
+use crate::registry_link::RegistryLink;
 
 /// `heartbeat`: 0 when sent, 255 when the agent is not running or not healthy (nothing is
 /// sent), 69 when the registry cannot be reached, 65 when it refuses.
@@ -27,10 +27,14 @@ pub async fn heartbeat(settings: Settings, role: MemberRole) -> Result<i32, Exit
             ));
         }
     }
-    let registry = Registry::new(&settings)?;
+    let registry = RegistryLink::new(&settings)?;
     let role = engine.detect_role().await.unwrap_or(role);
     match engine.health(role).await {
         Health::Healthy => {}
+        Health::Learner { .. } => {
+            warn!("the agent is a learner, not a voter yet; no heartbeat sent");
+            return Ok(EXIT_AGENT_NOT_RUNNING);
+        }
         Health::Starting(reason) | Health::NotRunning(reason) => {
             warn!(%reason, "the agent is not running or not healthy; no heartbeat sent");
             return Ok(EXIT_AGENT_NOT_RUNNING);
@@ -58,7 +62,7 @@ pub async fn members(
     role: Option<MemberRole>,
     follow: Option<std::time::Duration>,
 ) -> Result<i32, Exit> {
-    let registry = Registry::new(&settings)?;
+    let registry = RegistryLink::new(&settings)?;
     let targets = registry
         .client()
         .join_targets(registry.cluster(), role)
@@ -90,7 +94,7 @@ pub async fn members(
 /// it waits out the registry's `503 not_ready` and retries an unreachable registry up to
 /// `--registry-retry-limit`.
 pub async fn claim(settings: Settings) -> Result<i32, Exit> {
-    let registry = Registry::new(&settings)?;
+    let registry = RegistryLink::new(&settings)?;
     let claim = registry
         .claim_at_start(settings.registry_retry_limit)
         .await?;

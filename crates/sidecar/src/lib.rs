@@ -1,6 +1,6 @@
 //! rollcall's sidecar: runs a raft agent (Consul or etcd) as PID 1 of its container.
 //!
-//! It asks the registry which role to take ([`registry`]), starts the agent with the right
+//! It asks the registry which role to take ([`registry_link`]), starts the agent with the right
 //! join arguments ([`engine`]), heartbeats while the agent is healthy ([`member_loop`]),
 //! and forwards signals, reaps zombies and stops the agent within a timeout
 //! ([`supervisor`]). [`run`] ties them together; [`commands`] holds the one-shot
@@ -12,7 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod exit;
 pub mod member_loop;
-pub mod registry;
+pub mod registry_link;
 pub mod run;
 pub mod supervisor;
 

@@ -20,8 +20,8 @@ use tracing::{info, warn, Instrument as _};
 use crate::config::Settings;
 use crate::engine::{Engine, StartPlan};
 use crate::exit::{Exit, EXIT_SIGNAL_BASE};
-use crate::member_loop::{MemberLoop, FALLBACK_HEARTBEAT_INTERVAL};
-use crate::registry::Registry;
+use crate::member_loop::{interval_from_ms, MemberLoop, FALLBACK_HEARTBEAT_INTERVAL};
+use crate::registry_link::RegistryLink;
 use crate::supervisor::{start_reaper, Agent, Signals};
 
 /// Runs the sidecar and returns its exit code.
@@ -29,7 +29,7 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
     let mut signals = Signals::new()?;
     let exits = start_reaper()?;
     let engine = Arc::new(Engine::new(&settings)?);
-    let registry = Arc::new(Registry::new(&settings)?);
+    let registry = Arc::new(RegistryLink::new(&settings)?);
 
     let decision = tokio::select! {
         decision = decide(&engine, &registry, &settings) => decision?,
@@ -48,7 +48,7 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
     });
 
     let command = tokio::select! {
-        command = engine.prepare(&decision.plan, &registry) => command,
+        command = engine.prepare(&decision.plan, registry.as_ref()) => command,
         signal = signals.recv_stop() => {
             info!(signal = %signal, "stopped while preparing the agent");
             member_loop.stop().await;
@@ -150,7 +150,7 @@ struct Decision {
 
 async fn decide(
     engine: &Engine,
-    registry: &Registry,
+    registry: &RegistryLink,
     settings: &Settings,
 ) -> Result<Decision, Exit> {
     if engine.has_raft_state() {
@@ -185,6 +185,6 @@ async fn decide(
     Ok(Decision {
         plan,
         granted: Some(claim.role),
-        interval: Duration::from_millis(claim.interval_ms.max(1)),
+        interval: interval_from_ms(claim.interval_ms),
     })
 }

@@ -9,7 +9,7 @@ use rollcall_sidecar::engine::consul::{
 };
 use rollcall_sidecar::engine::{Engine, StartPlan};
 use rollcall_sidecar::exit::EXIT_CONFIG;
-use rollcall_sidecar::registry::Registry;
+use rollcall_sidecar::registry_link::RegistryLink;
 
 fn fixture(name: &str) -> String {
     let path = format!(
@@ -166,7 +166,7 @@ async fn granted_roles_become_consul_command_lines() {
         &["-ui"],
     );
     let engine = Engine::new(&settings).expect("engine");
-    let registry = Registry::new(&settings).expect("registry client");
+    let registry = RegistryLink::new(&settings).expect("registry client");
     let join = strings(&["10.0.0.2:8301"]);
     let data = format!("-data-dir={data_dir}");
     for (plan, expected) in [

@@ -18,7 +18,7 @@ const SCHEDULING_MARGIN: Duration = Duration::from_millis(300);
 async fn three_sidecars_form_one_raft_that_outlives_and_refills_the_registry() {
     let temp = tempfile::tempdir().expect("tempdir");
     let logs = temp.path();
-    let mut registry = Registry::start(0, &temp.path().join("registry-a"), logs, &[]).await;
+    let mut registry = TestRegistry::start(0, &temp.path().join("registry-a"), logs, &[]).await;
     let nodes: Vec<EtcdNode> = ["n1", "n2", "n3"]
         .iter()
         .map(|n| EtcdNode::new(n, temp.path()))
@@ -80,7 +80,7 @@ async fn three_sidecars_form_one_raft_that_outlives_and_refills_the_registry() {
         .expect("member list");
 
     // The registry dies: the raft keeps serving writes and reads.
-    registry.process.kill_all();
+    registry.kill();
     assert!(
         etcd.put(&nodes[0].client_url(), "written-without-registry", "yes")
             .await
@@ -98,7 +98,7 @@ async fn three_sidecars_form_one_raft_that_outlives_and_refills_the_registry() {
     // comes within the interval anyway. The poll waits longer so a miss prints its figure.
     let port = registry.port;
     drop(registry);
-    let registry = Registry::start(port, &temp.path().join("registry-b"), logs, &[]).await;
+    let registry = TestRegistry::start(port, &temp.path().join("registry-b"), logs, &[]).await;
     let restarted = Instant::now();
     poll_until(
         INTERVAL + Duration::from_secs(3),

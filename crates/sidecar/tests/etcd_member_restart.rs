@@ -15,7 +15,7 @@ const CLUSTER: &str = "etcd-restart";
 async fn killed_member_expires_then_rejoins_with_its_data_and_a_stopped_one_leaves() {
     let temp = tempfile::tempdir().expect("tempdir");
     let logs = temp.path();
-    let registry = Registry::start(0, &temp.path().join("registry"), logs, &[]).await;
+    let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
     let nodes: Vec<EtcdNode> = ["m1", "m2", "m3"]
         .iter()
         .map(|n| EtcdNode::new(n, temp.path()))

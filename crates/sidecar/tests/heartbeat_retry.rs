@@ -31,7 +31,7 @@ const SCHEDULING_MARGIN: Duration = Duration::from_millis(300);
 async fn a_failed_heartbeat_is_retried_within_a_quarter_interval_not_a_whole_one() {
     let temp = tempfile::tempdir().expect("tempdir");
     let logs = temp.path();
-    let mut registry = Registry::start_with_timing(
+    let mut registry = TestRegistry::start_with_timing(
         0,
         &temp.path().join("registry-a"),
         logs,
@@ -43,21 +43,13 @@ async fn a_failed_heartbeat_is_retried_within_a_quarter_interval_not_a_whole_one
     command.arg("run").args(run_script("exec sleep 600"));
     let sidecar = ProcessGuard::spawn("steady", command, logs.join("steady.log"));
     poll_until(Duration::from_secs(15), "the node in the registry", || {
-        let registry = &registry;
-        async move {
-            let members = registry.members(CLUSTER).await?;
-            members
-                .members
-                .iter()
-                .any(|m| m.node == "steady")
-                .then_some(())
-        }
+        registry.listing(CLUSTER, "steady")
     })
     .await;
 
     // The registry dies. Restart it (empty) the moment the sidecar reports a failed
     // heartbeat: a retry one interval later would then come 1.6 to 2 s after the restart.
-    registry.process.kill_all();
+    registry.kill();
     poll_until(
         RETRY_TEST_INTERVAL + Duration::from_secs(2),
         "a failed heartbeat in the sidecar's log",
@@ -74,7 +66,7 @@ async fn a_failed_heartbeat_is_retried_within_a_quarter_interval_not_a_whole_one
     .await;
     let port = registry.port;
     drop(registry);
-    let registry = Registry::start_with_timing(
+    let registry = TestRegistry::start_with_timing(
         port,
         &temp.path().join("registry-b"),
         logs,
@@ -86,17 +78,7 @@ async fn a_failed_heartbeat_is_retried_within_a_quarter_interval_not_a_whole_one
     poll_until(
         RETRY_TEST_INTERVAL,
         "the empty registry to relearn the member",
-        || {
-            let registry = &registry;
-            async move {
-                let members = registry.members(CLUSTER).await?;
-                members
-                    .members
-                    .iter()
-                    .any(|m| m.node == "steady")
-                    .then_some(())
-            }
-        },
+        || registry.listing(CLUSTER, "steady"),
     )
     .await;
     let relisted_after = restarted.elapsed();

@@ -10,20 +10,15 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::sys::signal::Signal;
 
-async fn wait_listed(registry: &Registry, cluster: &str, node: &str) {
-    poll_until(
-        Duration::from_secs(15),
-        "the node in the registry",
-        || async move {
-            let members = registry.members(cluster).await?;
-            members.members.iter().any(|m| m.node == node).then_some(())
-        },
-    )
+async fn wait_listed(registry: &TestRegistry, cluster: &str, node: &str) {
+    poll_until(Duration::from_secs(15), "the node in the registry", || {
+        registry.listing(cluster, node)
+    })
     .await;
 }
 
 fn start(
-    registry: &Registry,
+    registry: &TestRegistry,
     cluster: &str,
     node: &str,
     flags: &[&str],
@@ -38,7 +33,7 @@ fn start(
 #[tokio::test]
 async fn sigterm_stops_the_agent_leaves_the_registry_and_exits_with_the_agents_code() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(0, &temp.path().join("registry"), temp.path(), &[]).await;
+    let registry = TestRegistry::start(0, &temp.path().join("registry"), temp.path(), &[]).await;
     let mut sidecar = start(
         &registry,
         "exec-term",
@@ -65,7 +60,7 @@ async fn sigterm_stops_the_agent_leaves_the_registry_and_exits_with_the_agents_c
 #[tokio::test]
 async fn an_agent_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(0, &temp.path().join("registry"), temp.path(), &[]).await;
+    let registry = TestRegistry::start(0, &temp.path().join("registry"), temp.path(), &[]).await;
     let mut sidecar = start(
         &registry,
         "exec-stubborn",
@@ -90,7 +85,7 @@ async fn an_agent_that_ignores_sigterm_is_killed_after_the_stop_timeout() {
 #[tokio::test]
 async fn the_agents_own_exit_code_passes_through_and_sighup_is_forwarded() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(0, &temp.path().join("registry"), temp.path(), &[]).await;
+    let registry = TestRegistry::start(0, &temp.path().join("registry"), temp.path(), &[]).await;
     let marker = temp.path().join("got-hup");
     let script = format!(
         r#"trap 'touch {}' HUP; trap 'exit 0' TERM; while true; do sleep 0.1; done"#,
@@ -137,7 +132,7 @@ async fn the_agents_own_exit_code_passes_through_and_sighup_is_forwarded() {
 #[tokio::test]
 async fn orphans_of_the_agent_are_reaped_by_the_sidecar() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(0, &temp.path().join("registry"), temp.path(), &[]).await;
+    let registry = TestRegistry::start(0, &temp.path().join("registry"), temp.path(), &[]).await;
     // The subshell exits at once, orphaning its `sleep 1`, which the sidecar inherits as a
     // subreaper (as PID 1 it would inherit it anyway) and must reap when it exits.
     let sidecar = start(
@@ -208,7 +203,7 @@ async fn unreachable_registry_at_start_exits_69_after_the_retry_limit() {
 #[tokio::test]
 async fn one_shot_commands_print_answers_and_exit_with_documented_codes() {
     let temp = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(0, &temp.path().join("registry"), temp.path(), &[]).await;
+    let registry = TestRegistry::start(0, &temp.path().join("registry"), temp.path(), &[]).await;
     let health_url = format!("{}/health", registry.url());
 
     // heartbeat: the agent (here: anything answering 2xx at --health-url) is healthy: sent.

@@ -35,21 +35,11 @@ fn write_ca_and_server_cert(
 }
 
 fn members_command(url: &str, cluster: &str, extra: &[&str]) -> Command {
-    let mut command = Command::new(sidecar_bin());
+    let mut command = sidecar(url, cluster, "probe");
     command
-        .args([
-            "--registry",
-            url,
-            "--cluster",
-            cluster,
-            "--node",
-            "probe",
-            "--advertise",
-            "127.0.0.1:1",
-        ])
+        .args(["--advertise", "127.0.0.1:1"])
         .arg("members")
-        .args(extra)
-        .env("ROLLCALL_LOG", "info");
+        .args(extra);
     command
 }
 
@@ -67,18 +57,15 @@ async fn the_sidecar_verifies_the_registrys_tls_certificate() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (ca, cert, key) = write_ca_and_server_cert(dir.path(), "registry");
     let (other_ca, _, _) = write_ca_and_server_cert(dir.path(), "stranger");
-    let port = free_port();
-    let mut command = Command::new(registry_bin());
-    command
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .args(REGISTRY_TIMING)
-        .arg("--tls-cert")
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key);
-    let _registry = ProcessGuard::spawn("registry", command, dir.path().join("registry.log"));
+    let tls = [
+        "--tls-cert",
+        cert.to_str().expect("UTF-8 path"),
+        "--tls-key",
+        key.to_str().expect("UTF-8 path"),
+    ];
+    let args: Vec<&str> = REGISTRY_TIMING.iter().copied().chain(tls).collect();
+    let registry = TestRegistry::serve(0, &dir.path().join("data"), dir.path(), &args);
+    let port = registry.port;
     let url = format!("https://127.0.0.1:{port}");
     let pem = std::fs::read(&ca).expect("read ca");
     let mut builder = reqwest::Client::builder();
@@ -138,7 +125,7 @@ async fn the_sidecar_verifies_the_registrys_tls_certificate() {
 #[tokio::test]
 async fn members_follow_prints_the_new_targets_within_a_second_of_a_change() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start(0, &dir.path().join("data"), dir.path(), &[]).await;
+    let registry = TestRegistry::start(0, &dir.path().join("data"), dir.path(), &[]).await;
     registry
         .client
         .heartbeat("follow", "n1", &hb("10.0.0.1:2379"))

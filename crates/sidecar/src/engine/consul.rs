@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use rollcall_protocol::{AgentStatus, MemberRole};
 use serde::Deserialize;
 
-use super::{AgentCommand, Health, StartPlan};
+use super::{describe, dir_has_entries, AgentCommand, Health, StartPlan};
 use crate::config::{is_ip_literal, Settings, CONSUL_SERF_LAN_PORT};
 use crate::exit::{Exit, EXIT_CONFIG};
 
@@ -135,10 +135,12 @@ impl ConsulEngine {
 
     async fn get_text(&self, path: &str) -> Result<String, CallError> {
         let url = format!("{}{}", self.http_base, path);
-        let response =
-            self.http.get(&url).send().await.map_err(|e| {
-                CallError::Unreachable(format!("{url}: {}", super::etcd::describe(&e)))
-            })?;
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(format!("{url}: {}", describe(&e))))?;
         let status = response.status();
         let body = response
             .text()
@@ -313,12 +315,6 @@ pub fn agent_status(
         peers: peers.map(|p| p.len() as u32),
         is_leader,
     }
-}
-
-pub(crate) fn dir_has_entries(dir: &std::path::Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|mut entries| entries.next().is_some())
-        .unwrap_or(false)
 }
 
 #[cfg(test)]

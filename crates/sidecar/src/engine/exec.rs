@@ -8,7 +8,7 @@
 //! one, while the process runs. It has no raft state the sidecar can recognise, and
 //! reports no raft status.
 
-use super::{AgentCommand, Health, StartPlan};
+use super::{describe, AgentCommand, Health, StartPlan};
 use crate::config::Settings;
 use crate::exit::{Exit, EXIT_CONFIG};
 
@@ -57,7 +57,7 @@ impl ExecEngine {
             return Health::Healthy;
         };
         match self.http.get(url).send().await {
-            Err(e) => Health::NotRunning(format!("{url}: {}", super::etcd::describe(&e))),
+            Err(e) => Health::NotRunning(format!("{url}: {}", describe(&e))),
             Ok(r) if r.status().is_success() => Health::Healthy,
             Ok(r) => Health::Starting(format!("{url} answered {}", r.status())),
         }

@@ -3,20 +3,22 @@
 //!
 //! The rest of the sidecar only sees [`Engine`]: it hands over a [`StartPlan`] (what the
 //! registry decided, or a restart from existing data) and gets back an [`AgentCommand`] to
-//! spawn; later it asks [`Engine::health`] and [`Engine::status`]. Each engine's argument
-//! building and response parsing are pure functions, tested by tables in their modules.
+//! spawn; later it asks [`Engine::health`] and [`Engine::status`], and, while an etcd
+//! member that joined as a learner is not a voter yet, calls [`Engine::promote_learner`].
+//! Each engine's argument building and response parsing are pure functions, tested by
+//! tables in their modules.
 
 pub mod consul;
 pub mod etcd;
 pub mod exec;
 
+use std::future::Future;
 use std::time::Duration;
 
 use rollcall_protocol::{AgentStatus, MemberRole};
 
 use crate::config::{EngineKind, Settings};
 use crate::exit::Exit;
-use crate::registry::Registry;
 
 /// How the agent must start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,15 @@ impl StartPlan {
     }
 }
 
+/// Where an engine finds join targets beyond those granted at start: etcd asks again between
+/// rounds of member adds, and a gateway granted no server waits here for one. The engine
+/// does not know how they are found; `RegistryLink` asks the registry.
+pub trait JoinTargets {
+    /// The live servers' addresses other than this node's, or `None` when they cannot be
+    /// known right now.
+    fn live_server_addresses(&self) -> impl Future<Output = Option<Vec<String>>>;
+}
+
 /// A command line ready to spawn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentCommand {
@@ -74,7 +85,11 @@ pub struct AgentCommand {
 pub enum Health {
     /// Serving, inside a raft with a leader: heartbeats may be sent.
     Healthy,
-    /// Answering, but not ready (no leader yet, a learner catching up).
+    /// Serving as a non-voting learner (etcd): the join's last step, promotion, is due
+    /// ([`Engine::promote_learner`]). Not healthy until then: no one may be told to join
+    /// through a member that cannot add them.
+    Learner { member_id: String },
+    /// Answering, but not ready (no leader yet).
     Starting(String),
     /// Not answering at all.
     NotRunning(String),
@@ -108,25 +123,39 @@ impl Engine {
     }
 
     /// Builds the command for `plan`. etcd's `server` adds the member through a live
-    /// server's API here, retrying its join targets until one answers or `join_timeout` ends.
+    /// server's API here, retrying its join targets until one answers or `join_timeout` ends;
+    /// `targets` is asked for fresh ones between rounds.
     pub async fn prepare(
         &self,
         plan: &StartPlan,
-        registry: &Registry,
+        targets: &impl JoinTargets,
     ) -> Result<AgentCommand, Exit> {
         match self {
             Engine::Consul(e) => Ok(e.command(plan)),
-            Engine::Etcd(e) => e.prepare(plan, registry).await,
+            Engine::Etcd(e) => e.prepare(plan, targets).await,
             Engine::Exec(e) => e.command(plan),
         }
     }
 
-    /// Reads the agent's health; `role` is the role it was started as.
+    /// Reads the agent's health; `role` is the role it was started as. Only reads: what to
+    /// do about the answer is the caller's.
     pub async fn health(&self, role: MemberRole) -> Health {
         match self {
             Engine::Consul(e) => e.health().await,
             Engine::Etcd(e) => e.health(role).await,
             Engine::Exec(e) => e.health().await,
+        }
+    }
+
+    /// The last step of a join that added this member as a learner: promotion to a voter.
+    /// Called by the member loop each time [`Engine::health`] answers [`Health::Learner`];
+    /// etcd refuses until the learner has caught up, so an error means "not yet".
+    pub async fn promote_learner(&self, member_id: &str) -> Result<(), String> {
+        match self {
+            Engine::Etcd(e) => e.promote_learner(member_id).await,
+            Engine::Consul(_) | Engine::Exec(_) => {
+                Err("only etcd members join as learners".to_string())
+            }
         }
     }
 
@@ -177,4 +206,23 @@ pub fn shuffled(targets: &[String]) -> Vec<String> {
     let mut targets = targets.to_vec();
     targets.shuffle(&mut rand::thread_rng());
     targets
+}
+
+/// True when `dir` exists and holds at least one entry: how engines recognise raft state.
+pub fn dir_has_entries(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false)
+}
+
+/// An error with its causes, since reqwest's own message hides them ("error sending request").
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -1,37 +1,31 @@
-//! Test harness for the sidecar: the real `rollcall-registry` binary, real `rollcall-sidecar`
-//! processes and the real etcd they start, all on 127.0.0.1 with free ports and temporary
-//! directories. Every process a test starts is killed by its guard's `Drop`, by pid, with
-//! its descendants (a sidecar's agent) found through /proc.
+//! Test harness for the sidecar: the real registry served in the test process on a bound
+//! loopback listener ([`registry`]), real `rollcall-sidecar` processes and the real etcd
+//! they start ([`etcd`]), all on 127.0.0.1 with temporary directories. Every process a test
+//! starts is killed by its guard's `Drop`, by pid, with its descendants (a sidecar's agent)
+//! found through /proc.
 
 #![allow(dead_code)]
 
+pub mod etcd;
+pub mod registry;
+
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rollcall_protocol::{MemberRole, MembersResponse, RegistryClient};
-use serde_json::{json, Value};
 
-/// Registry timing that keeps tests quick (the registry requires grace and quiet period
-/// of at least one interval, and an interval below the TTL).
-pub const TTL: Duration = Duration::from_secs(3);
-pub const INTERVAL: Duration = Duration::from_secs(1);
-pub const REGISTRY_TIMING: &[&str] = &[
-    "--ttl",
-    "3s",
-    "--interval",
-    "1s",
-    "--startup-grace",
-    "1s",
-    "--quiet-period",
-    "1s",
-];
+// Each test binary compiles this harness and uses only part of it.
+#[allow(unused_imports)]
+pub use self::etcd::*;
+#[allow(unused_imports)]
+pub use self::registry::*;
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago: for etcd's ports (etcd binds them itself) and for
+/// addresses where nothing must answer. Never for the registry, which binds first.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -56,27 +50,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The registry binary: `ROLLCALL_REGISTRY_BIN`, else next to this test's target directory,
-/// built with cargo when it is missing.
-pub fn registry_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("ROLLCALL_REGISTRY_BIN") {
-        return PathBuf::from(path);
-    }
-    // target/debug/deps/<test> -> target/debug/rollcall-registry
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("rollcall-registry");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "rollcall-registry"])
-            .status()
-            .expect("run cargo build -p rollcall-registry");
-        assert!(status.success(), "cargo build -p rollcall-registry failed");
-    }
-    bin
 }
 
 pub fn sidecar_bin() -> &'static str {
@@ -161,14 +134,18 @@ impl ProcessGuard {
 impl Drop for ProcessGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log_text();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- last lines of {} ----", self.name);
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
-            }
+            print_log_tail(&self.name, &self.log_text());
         }
         self.kill_all();
+    }
+}
+
+/// The last 40 lines of a log, for a failing test's output.
+fn print_log_tail(name: &str, log: &str) {
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    eprintln!("---- last lines of {name} ----");
+    for line in tail.iter().rev() {
+        eprintln!("{line}");
     }
 }
 
@@ -209,80 +186,6 @@ pub fn descendants_of(pid: i32) -> Vec<i32> {
     }
     found
 }
-
-/// The real registry on a loopback port.
-#[derive(Debug)]
-pub struct Registry {
-    pub process: ProcessGuard,
-    pub port: u16,
-    pub client: RegistryClient,
-}
-
-impl Registry {
-    /// Starts the registry on `port` (0: a free one) with `data_dir`, and waits for /health.
-    pub async fn start(port: u16, data_dir: &Path, logs: &Path, extra: &[&str]) -> Registry {
-        Registry::start_with_timing(port, data_dir, logs, REGISTRY_TIMING, extra).await
-    }
-
-    /// [`Registry::start`] with other timing flags than [`REGISTRY_TIMING`] (the registry
-    /// refuses a flag given twice, so they cannot simply be overridden in `extra`).
-    pub async fn start_with_timing(
-        port: u16,
-        data_dir: &Path,
-        logs: &Path,
-        timing: &[&str],
-        extra: &[&str],
-    ) -> Registry {
-        let port = if port == 0 { free_port() } else { port };
-        let mut command = Command::new(registry_bin());
-        command
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(timing)
-            .args(extra)
-            .env("RUST_LOG", "info");
-        let log = logs.join(format!(
-            "registry-{}.log",
-            Instant::now().elapsed().as_nanos() ^ u128::from(port)
-        ));
-        let process = ProcessGuard::spawn("registry", command, unique(log));
-        let client = RegistryClient::new(format!("http://127.0.0.1:{port}"), None).expect("client");
-        poll_until(Duration::from_secs(10), "the registry's /health", || {
-            let client = client.clone();
-            async move { client.health().await.ok() }
-        })
-        .await;
-        Registry {
-            process,
-            port,
-            client,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    pub async fn members(&self, cluster: &str) -> Option<MembersResponse> {
-        self.client.members(cluster, None).await.ok()
-    }
-
-    /// Live servers of `cluster` whose heartbeat says they are in the raft.
-    pub async fn servers_in_raft(&self, cluster: &str) -> Vec<String> {
-        let Some(members) = self.members(cluster).await else {
-            return vec![];
-        };
-        members
-            .members
-            .into_iter()
-            .filter(|m| m.role == MemberRole::Server && m.status.in_raft == Some(true))
-            .map(|m| m.node)
-            .collect()
-    }
-}
-
 fn unique(path: PathBuf) -> PathBuf {
     let mut candidate = path.clone();
     let mut n = 1;
@@ -293,232 +196,25 @@ fn unique(path: PathBuf) -> PathBuf {
     candidate
 }
 
-/// One etcd node run by a sidecar.
-#[derive(Debug)]
-pub struct EtcdNode {
-    pub name: String,
-    pub client_port: u16,
-    pub peer_port: u16,
-    pub data_dir: PathBuf,
-}
-
-impl EtcdNode {
-    pub fn new(name: &str, base: &Path) -> EtcdNode {
-        EtcdNode {
-            name: name.to_string(),
-            client_port: free_port(),
-            peer_port: free_port(),
-            data_dir: base.join(name),
-        }
-    }
-
-    pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
-    }
-
-    pub fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
-    }
-
-    /// The `rollcall-sidecar run --engine etcd` command for this node.
-    pub fn sidecar_command(&self, registry_url: &str, cluster: &str, expect: u32) -> Command {
-        let mut command = Command::new(sidecar_bin());
-        command
-            .args([
-                "--registry",
-                registry_url,
-                "--cluster",
-                cluster,
-                "--node",
-                &self.name,
-            ])
-            .args(["--advertise", &self.address()])
-            .args(["--etcd-peer-port", &self.peer_port.to_string()])
-            .args(["--engine", "etcd", "--expect", &expect.to_string()])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args([
-                "--stop-timeout",
-                "5s",
-                "--registry-retry-limit",
-                "20s",
-                "--join-timeout",
-                "60s",
-            ])
-            .arg("run")
-            .env("ROLLCALL_LOG", "info");
-        command
-    }
-
-    pub fn start_sidecar(
-        &self,
-        registry_url: &str,
-        cluster: &str,
-        expect: u32,
-        logs: &Path,
-    ) -> ProcessGuard {
-        ProcessGuard::spawn(
-            &format!("sidecar {}", self.name),
-            self.sidecar_command(registry_url, cluster, expect),
-            unique(logs.join(format!("sidecar-{}.log", self.name))),
-        )
-    }
-}
-
-/// A small client for etcd's v3 JSON gateway.
-#[derive(Debug, Clone)]
-pub struct Etcd {
-    http: reqwest::Client,
-}
-
-impl Default for Etcd {
-    fn default() -> Self {
-        Etcd {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(3))
-                .no_proxy()
-                .build()
-                .expect("http client"),
-        }
-    }
-}
-
-impl Etcd {
-    pub async fn post(&self, base: &str, path: &str, body: Value) -> Option<Value> {
-        let response = self
-            .http
-            .post(format!("{base}{path}"))
-            .json(&body)
-            .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        response.json().await.ok()
-    }
-
-    pub async fn healthy(&self, base: &str) -> bool {
-        match self.http.get(format!("{base}/health")).send().await {
-            Ok(r) => r
-                .json::<Value>()
-                .await
-                .map(|v| v["health"] == "true")
-                .unwrap_or(false),
-            Err(_) => false,
-        }
-    }
-
-    /// (cluster ID, this member's ID, the leader's ID).
-    pub async fn status(&self, base: &str) -> Option<(String, String, String)> {
-        let v = self.post(base, "/v3/maintenance/status", json!({})).await?;
-        Some((
-            v["header"]["cluster_id"].as_str()?.to_string(),
-            v["header"]["member_id"].as_str()?.to_string(),
-            v["leader"].as_str()?.to_string(),
-        ))
-    }
-
-    /// (ID, name, is learner) of every member, sorted by name.
-    pub async fn members(&self, base: &str) -> Option<Vec<(String, String, bool)>> {
-        let v = self
-            .post(base, "/v3/cluster/member/list", json!({}))
-            .await?;
-        let mut members: Vec<(String, String, bool)> = v["members"]
-            .as_array()?
-            .iter()
-            .map(|m| {
-                (
-                    m["ID"].as_str().unwrap_or_default().to_string(),
-                    m["name"].as_str().unwrap_or_default().to_string(),
-                    m["isLearner"].as_bool().unwrap_or(false),
-                )
-            })
-            .collect();
-        members.sort_by(|a, b| a.1.cmp(&b.1));
-        Some(members)
-    }
-
-    pub async fn put(&self, base: &str, key: &str, value: &str) -> bool {
-        self.post(
-            base,
-            "/v3/kv/put",
-            json!({ "key": b64_encode(key.as_bytes()), "value": b64_encode(value.as_bytes()) }),
-        )
-        .await
-        .is_some()
-    }
-
-    /// A linearizable read.
-    pub async fn get(&self, base: &str, key: &str) -> Option<String> {
-        let v = self
-            .post(
-                base,
-                "/v3/kv/range",
-                json!({ "key": b64_encode(key.as_bytes()) }),
-            )
-            .await?;
-        let value = v["kvs"].as_array()?.first()?["value"].as_str()?;
-        String::from_utf8(b64_decode(value)?).ok()
-    }
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64, as etcd's JSON gateway encodes keys and values.
-pub fn b64_encode(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let digits: Vec<u32> = text
-        .bytes()
-        .filter(|b| *b != b'=')
-        .map(|b| B64.iter().position(|c| *c == b).map(|p| p as u32))
-        .collect::<Option<_>>()?;
-    for chunk in digits.chunks(4) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, d)| n | d << (18 - 6 * i));
-        for i in 0..chunk.len().saturating_sub(1) {
-            out.push((n >> (16 - 8 * i) & 255) as u8);
-        }
-    }
-    Some(out)
+/// `rollcall-sidecar` for node `node` of `cluster` at the registry `registry_url`, logging
+/// at `info`; callers add the other flags and the command.
+pub fn sidecar(registry_url: &str, cluster: &str, node: &str) -> Command {
+    let mut command = Command::new(sidecar_bin());
+    command
+        .args(["--registry", registry_url])
+        .args(["--cluster", cluster])
+        .args(["--node", node])
+        .env("ROLLCALL_LOG", "info");
+    command
 }
 
 /// `rollcall-sidecar ... --engine exec` for node `node`, with `extra` flags before `cmd`.
 pub fn exec_sidecar(registry_url: &str, cluster: &str, node: &str, cmd: &[&str]) -> Command {
-    let mut command = Command::new(sidecar_bin());
+    let mut command = sidecar(registry_url, cluster, node);
     command
-        .args([
-            "--registry",
-            registry_url,
-            "--cluster",
-            cluster,
-            "--node",
-            node,
-        ])
         .args(["--advertise", &format!("127.0.0.1:{}", free_port())])
         .args(["--engine", "exec", "--expect", "1"])
-        .env("ROLLCALL_LOG", "info");
-    command.args(cmd);
+        .args(cmd);
     command
 }
 

@@ -1,5 +1,8 @@
-//! The sidecar's side of the registry: claims with retry policy, join-target look-ups,
+//! This node's link to the registry: claims with retry policy, join-target look-ups,
 //! heartbeats and the leave, on top of the protocol crate's one-request-per-call client.
+//!
+//! In this crate "registry" means only the remote registry service; [`RegistryLink`] is how
+//! one node talks to it (its cluster, node name and address are fixed here once).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::config::Settings;
+use crate::engine::JoinTargets;
 use crate::exit::{
     exit_for_registry_error, Exit, EXIT_CONFIG, EXIT_INTERNAL, EXIT_REGISTRY_UNREACHABLE,
 };
@@ -25,9 +29,9 @@ pub const NOT_READY_DEFAULT_WAIT: Duration = Duration::from_secs(1);
 /// The graceful leave on stop gets this long, so a dead registry never delays the stop.
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The registry as seen by one node.
+/// The registry as seen by one node: the protocol client plus who this node is.
 #[derive(Debug, Clone)]
-pub struct Registry {
+pub struct RegistryLink {
     client: RegistryClient,
     cluster: String,
     node: String,
@@ -36,8 +40,8 @@ pub struct Registry {
     agent_only: bool,
 }
 
-impl Registry {
-    pub fn new(settings: &Settings) -> Result<Registry, Exit> {
+impl RegistryLink {
+    pub fn new(settings: &Settings) -> Result<RegistryLink, Exit> {
         let mut builder = reqwest::Client::builder()
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(2)));
@@ -58,7 +62,7 @@ impl Registry {
         let http = builder
             .build()
             .map_err(|e| Exit::new(EXIT_INTERNAL, format!("cannot build the HTTP client: {e}")))?;
-        Ok(Registry {
+        Ok(RegistryLink {
             client: RegistryClient::with_http_client(
                 settings.registry_url.clone(),
                 settings.token.clone(),
@@ -181,5 +185,12 @@ impl Registry {
             }
             Err(_) => warn!("leaving the registry timed out; the entry expires after its TTL"),
         }
+    }
+}
+
+/// The engine asks the registry for fresh join targets through this.
+impl JoinTargets for RegistryLink {
+    async fn live_server_addresses(&self) -> Option<Vec<String>> {
+        RegistryLink::live_server_addresses(self).await
     }
 }

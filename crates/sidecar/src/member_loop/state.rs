@@ -1,0 +1,468 @@
+//! The member loop's decisions as a state machine of plain values: each round the loop tells
+//! [`MemberState`] what it observed (the agent's health, the registry's answer, the time)
+//! and does the [`Step`] it is given. No I/O and no clock of its own, so the rules are tested
+//! with tables of rounds, without sockets or sleeps.
+//!
+//! The rules: while the agent is not healthy, the claim is renewed every interval (only when
+//! one was granted at start, and only until the registry first accepts a heartbeat) and the
+//! health is polled quickly ([`STARTING_HEALTH_POLL`]), or, once the agent has been healthy,
+//! every interval (at most a second). While it is healthy, a heartbeat is sent every
+//! interval; one that finds the registry unreachable or failing is retried after a quarter
+//! of the interval (at most [`HEARTBEAT_RETRY_MAX`]), and one the registry refuses one
+//! interval later. Every pause after a heartbeat or a renewal is jittered.
+
+use std::time::Duration;
+
+use rollcall_protocol::{GrantedRole, MemberRole};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+/// How often the health of a starting agent is polled, so the first heartbeat is prompt.
+pub const STARTING_HEALTH_POLL: Duration = Duration::from_millis(250);
+/// Longest pause before a heartbeat that failed on an unreachable or failing registry is
+/// tried again. A retry one whole interval later could land after the interval in which a
+/// restarted registry must relearn its members.
+pub const HEARTBEAT_RETRY_MAX: Duration = Duration::from_secs(1);
+/// Longest pause between two health polls of an agent that was healthy before.
+const UNHEALTHY_POLL_MAX: Duration = Duration::from_secs(1);
+
+/// What the loop does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Send a heartbeat carrying the agent's status; report the answer to
+    /// [`MemberState::heartbeat_answered`].
+    Heartbeat,
+    /// Renew the claim while the agent is not healthy for this reason; report the answer to
+    /// [`MemberState::claim_answered`].
+    RenewClaim { waiting_for: String },
+    /// Nothing to send: read the agent's health again after this pause.
+    Pause(Duration),
+}
+
+/// The registry's answer to a heartbeat, as far as the loop's decisions go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    /// Accepted. `registered`: the registry did not know the member (or it had expired).
+    Accepted {
+        interval: Duration,
+        registered: bool,
+    },
+    /// The registry could not be reached or failed (5xx): worth trying again soon.
+    Unreachable(String),
+    /// The registry refused (a bad token, an invalid name): asking again soon does not help.
+    Refused(String),
+}
+
+/// The registry's answer to a claim renewal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Answered {
+        role: GrantedRole,
+        reason: String,
+        interval: Duration,
+    },
+    Failed(String),
+}
+
+/// Everything the loop's decisions depend on besides what it observes in a round.
+#[derive(Debug)]
+pub struct MemberState {
+    /// The role the agent runs as, for the log.
+    role: MemberRole,
+    /// The role the start-up claim granted, to notice when the registry answers another;
+    /// `None` for a restart that did not claim, which has no claim to renew.
+    granted: Option<GrantedRole>,
+    /// The registry's heartbeat interval as it last named it (claims and heartbeats both
+    /// carry it): the pace of heartbeats and renewals.
+    interval: Duration,
+    /// The claim is renewed while this holds: from a granted claim until the registry first
+    /// accepts a heartbeat. Renewing keeps the node's server slot, and keeps it listed as a
+    /// join target, while the agent is still joining.
+    renew_claim: bool,
+    /// When the claim is next due for renewal.
+    next_claim: Instant,
+    /// The agent has been healthy before: an unhealthy agent is then polled at the interval
+    /// (at most a second), not at the quick start-up pace.
+    ever_healthy: bool,
+    /// The agent was healthy in the last round: changes are logged once, not every round.
+    healthy: bool,
+    /// Heartbeats that failed in a row on an unreachable registry, and when the first of
+    /// them failed, so that an outage is logged once when it starts and once when it ends.
+    failed_heartbeats: u32,
+    failing_since: Option<Instant>,
+    /// Shortens a pause by up to [`super::HEARTBEAT_JITTER`] to spread a fleet's requests;
+    /// tests pass the identity.
+    jitter: fn(Duration) -> Duration,
+}
+
+impl MemberState {
+    pub fn new(
+        role: MemberRole,
+        granted: Option<GrantedRole>,
+        interval: Duration,
+        now: Instant,
+        jitter: fn(Duration) -> Duration,
+    ) -> MemberState {
+        MemberState {
+            role,
+            granted,
+            interval,
+            renew_claim: granted.is_some(),
+            next_claim: now + interval,
+            ever_healthy: false,
+            healthy: false,
+            failed_heartbeats: 0,
+            failing_since: None,
+            jitter,
+        }
+    }
+
+    /// Decides the round once the agent's health is known: `Ok` when it is healthy, else
+    /// why not.
+    pub fn health_read(&mut self, health: &Result<(), String>, now: Instant) -> Step {
+        match health {
+            Ok(()) => {
+                if !self.healthy {
+                    info!(role = %self.role, "the agent is healthy; heartbeating");
+                }
+                self.healthy = true;
+                self.ever_healthy = true;
+                Step::Heartbeat
+            }
+            Err(reason) => {
+                if self.healthy {
+                    warn!(%reason, "the agent is not healthy; heartbeats paused");
+                }
+                self.healthy = false;
+                if self.renew_claim && now >= self.next_claim {
+                    Step::RenewClaim {
+                        waiting_for: reason.clone(),
+                    }
+                } else {
+                    Step::Pause(self.unhealthy_poll())
+                }
+            }
+        }
+    }
+
+    /// Takes in the answer to [`Step::Heartbeat`] and returns the pause before the next
+    /// round.
+    pub fn heartbeat_answered(&mut self, outcome: HeartbeatOutcome, now: Instant) -> Duration {
+        match outcome {
+            HeartbeatOutcome::Accepted {
+                interval,
+                registered,
+            } => {
+                if let Some(since) = self.failing_since.take() {
+                    info!(
+                        n_failed = self.failed_heartbeats,
+                        failing_for = ?now.duration_since(since),
+                        "the registry answers heartbeats again; back to the normal interval"
+                    );
+                }
+                self.failed_heartbeats = 0;
+                if registered {
+                    info!("the registry registered this member (it did not know it, or it had expired)");
+                }
+                self.interval = interval;
+                self.renew_claim = false;
+                (self.jitter)(interval)
+            }
+            HeartbeatOutcome::Unreachable(error) => {
+                self.failed_heartbeats += 1;
+                self.failing_since.get_or_insert(now);
+                let retry_in = (self.jitter)(retry_pause(self.interval));
+                if self.failed_heartbeats == 1 {
+                    warn!(%error, ?retry_in, "heartbeat failed; the agent keeps running, retrying soon until the registry answers");
+                } else {
+                    debug!(%error, ?retry_in, n_failed = self.failed_heartbeats, "heartbeat failed again");
+                }
+                retry_in
+            }
+            HeartbeatOutcome::Refused(error) => {
+                // A refusal (a bad token, an invalid name) does not go away by asking again
+                // soon: keep the normal pace and say so every time.
+                warn!(%error, "heartbeat refused; the agent keeps running, next try in one interval");
+                (self.jitter)(self.interval)
+            }
+        }
+    }
+
+    /// Takes in the answer to [`Step::RenewClaim`] and returns the pause before the next
+    /// round.
+    pub fn claim_answered(
+        &mut self,
+        outcome: ClaimOutcome,
+        waiting_for: &str,
+        now: Instant,
+    ) -> Duration {
+        match outcome {
+            ClaimOutcome::Answered {
+                role,
+                reason,
+                interval,
+            } => {
+                self.interval = interval;
+                if Some(role) != self.granted {
+                    warn!(
+                        granted_at_start = ?self.granted,
+                        now = %role,
+                        %reason,
+                        "the registry now answers another role; keeping the agent as started"
+                    );
+                } else {
+                    info!(%waiting_for, "renewed the claim while the agent starts");
+                }
+            }
+            ClaimOutcome::Failed(error) => {
+                warn!(%error, "could not renew the claim; trying again in one interval")
+            }
+        }
+        self.next_claim = now + (self.jitter)(self.interval);
+        self.unhealthy_poll()
+    }
+
+    fn unhealthy_poll(&self) -> Duration {
+        if self.ever_healthy {
+            self.interval.min(UNHEALTHY_POLL_MAX)
+        } else {
+            STARTING_HEALTH_POLL
+        }
+    }
+}
+
+/// The pause before retrying a heartbeat that failed on an unreachable or failing registry,
+/// before jitter: a quarter of `interval`, at most [`HEARTBEAT_RETRY_MAX`].
+pub fn retry_pause(interval: Duration) -> Duration {
+    (interval / 4).min(HEARTBEAT_RETRY_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn no_jitter(d: Duration) -> Duration {
+        d
+    }
+
+    fn granted_server(start: Instant) -> MemberState {
+        MemberState::new(
+            MemberRole::Server,
+            Some(GrantedRole::Server),
+            SECOND,
+            start,
+            no_jitter,
+        )
+    }
+
+    fn starting() -> Result<(), String> {
+        Err("no leader yet".to_string())
+    }
+
+    fn renew() -> Step {
+        Step::RenewClaim {
+            waiting_for: "no leader yet".to_string(),
+        }
+    }
+
+    fn accepted(interval: Duration) -> HeartbeatOutcome {
+        HeartbeatOutcome::Accepted {
+            interval,
+            registered: false,
+        }
+    }
+
+    fn claim_answer(role: GrantedRole, interval: Duration) -> ClaimOutcome {
+        ClaimOutcome::Answered {
+            role,
+            reason: "test".to_string(),
+            interval,
+        }
+    }
+
+    #[test]
+    fn the_claim_is_renewed_every_interval_while_the_agent_starts() {
+        let t0 = Instant::now();
+        let mut state = granted_server(t0);
+        // (seconds since start, what the loop is told to do)
+        for (at, step) in [
+            (0.0, Step::Pause(STARTING_HEALTH_POLL)),
+            (0.75, Step::Pause(STARTING_HEALTH_POLL)),
+            (1.0, renew()),
+        ] {
+            let now = t0 + Duration::from_secs_f64(at);
+            assert_eq!(state.health_read(&starting(), now), step, "at {at} s");
+        }
+        // The renewal's answer names a new interval: the next renewal comes one of those
+        // later, and a starting agent is still polled at the quick pace.
+        let renewed_at = t0 + SECOND;
+        let pause = state.claim_answered(
+            claim_answer(GrantedRole::Server, 2 * SECOND),
+            "no leader yet",
+            renewed_at,
+        );
+        assert_eq!(pause, STARTING_HEALTH_POLL);
+        let step = |state: &mut MemberState, after: Duration| {
+            state.health_read(&starting(), renewed_at + after)
+        };
+        assert_eq!(
+            step(&mut state, Duration::from_millis(1999)),
+            Step::Pause(STARTING_HEALTH_POLL)
+        );
+        assert_eq!(step(&mut state, 2 * SECOND), renew());
+
+        // A renewal that fails, or that answers another role, is tried again one interval
+        // later all the same: the agent keeps the role it was started with.
+        for outcome in [
+            ClaimOutcome::Failed("registry unreachable".to_string()),
+            claim_answer(GrantedRole::Agent, 2 * SECOND),
+        ] {
+            let now = state.next_claim;
+            assert_eq!(state.health_read(&starting(), now), renew());
+            state.claim_answered(outcome, "no leader yet", now);
+            assert_eq!(state.next_claim, now + 2 * SECOND);
+        }
+    }
+
+    #[test]
+    fn a_restart_that_did_not_claim_renews_nothing() {
+        let t0 = Instant::now();
+        let mut state = MemberState::new(MemberRole::Server, None, SECOND, t0, no_jitter);
+        for at in [0, 1, 5, 60] {
+            assert_eq!(
+                state.health_read(&starting(), t0 + at * SECOND),
+                Step::Pause(STARTING_HEALTH_POLL),
+                "at {at} s"
+            );
+        }
+    }
+
+    #[test]
+    fn a_healthy_agent_heartbeats_every_interval_and_then_never_renews_the_claim() {
+        let t0 = Instant::now();
+        let mut state = granted_server(t0);
+        assert_eq!(state.health_read(&Ok(()), t0), Step::Heartbeat);
+        // The answer's interval sets the pace.
+        assert_eq!(
+            state.heartbeat_answered(accepted(3 * SECOND), t0),
+            3 * SECOND
+        );
+        assert_eq!(state.health_read(&Ok(()), t0 + 3 * SECOND), Step::Heartbeat);
+        // Unhealthy after an accepted heartbeat: nothing is sent, not even a claim renewal
+        // long after it would have been due, and the health is polled every interval, at
+        // most every second.
+        for at in [4, 10, 60] {
+            assert_eq!(
+                state.health_read(&starting(), t0 + at * SECOND),
+                Step::Pause(SECOND),
+                "at {at} s"
+            );
+        }
+        // Healthy again: heartbeats again.
+        assert_eq!(
+            state.health_read(&Ok(()), t0 + 61 * SECOND),
+            Step::Heartbeat
+        );
+    }
+
+    #[test]
+    fn an_agent_that_was_healthy_is_polled_at_its_interval_when_that_is_under_a_second() {
+        let t0 = Instant::now();
+        let mut state = MemberState::new(MemberRole::Agent, None, SECOND, t0, no_jitter);
+        state.health_read(&Ok(()), t0);
+        state.heartbeat_answered(accepted(Duration::from_millis(600)), t0);
+        assert_eq!(
+            state.health_read(&starting(), t0 + SECOND),
+            Step::Pause(Duration::from_millis(600))
+        );
+    }
+
+    #[test]
+    fn claims_are_renewed_until_the_registry_first_accepts_a_heartbeat() {
+        // Healthy, but the registry is away: the claim stays the node's only hold on its
+        // slot, so it is still renewed when the agent then stops being healthy.
+        let t0 = Instant::now();
+        let mut state = granted_server(t0);
+        assert_eq!(state.health_read(&Ok(()), t0), Step::Heartbeat);
+        state.heartbeat_answered(HeartbeatOutcome::Unreachable("refused".into()), t0);
+        assert_eq!(state.health_read(&starting(), t0 + SECOND), renew());
+    }
+
+    #[test]
+    fn a_failed_heartbeat_is_retried_in_a_quarter_interval_and_a_refused_one_in_a_whole_one() {
+        // (interval, outcome, pause before the next round)
+        let unreachable = || HeartbeatOutcome::Unreachable("connection refused".into());
+        let refused = || HeartbeatOutcome::Refused("bad token".into());
+        for (interval, outcome, pause) in [
+            (4 * SECOND, unreachable(), SECOND),
+            (2 * SECOND, unreachable(), Duration::from_millis(500)),
+            (30 * SECOND, unreachable(), HEARTBEAT_RETRY_MAX),
+            (4 * SECOND, refused(), 4 * SECOND),
+            (4 * SECOND, accepted(4 * SECOND), 4 * SECOND),
+        ] {
+            let t0 = Instant::now();
+            let mut state = MemberState::new(MemberRole::Server, None, interval, t0, no_jitter);
+            state.health_read(&Ok(()), t0);
+            assert_eq!(
+                state.heartbeat_answered(outcome.clone(), t0),
+                pause,
+                "{interval:?} {outcome:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_outage_is_counted_from_its_first_failed_heartbeat_until_one_is_accepted() {
+        let t0 = Instant::now();
+        let mut state = MemberState::new(MemberRole::Server, None, 4 * SECOND, t0, no_jitter);
+        for n in 0..3 {
+            state.health_read(&Ok(()), t0 + n * SECOND);
+            state.heartbeat_answered(
+                HeartbeatOutcome::Unreachable("down".into()),
+                t0 + n * SECOND,
+            );
+        }
+        assert_eq!(state.failed_heartbeats, 3);
+        assert_eq!(state.failing_since, Some(t0));
+        assert_eq!(
+            state.heartbeat_answered(accepted(4 * SECOND), t0 + 3 * SECOND),
+            4 * SECOND
+        );
+        assert_eq!(state.failed_heartbeats, 0);
+        assert_eq!(state.failing_since, None);
+    }
+
+    #[test]
+    fn jitter_shortens_every_pause_after_a_request_but_not_the_health_polls() {
+        fn halve(d: Duration) -> Duration {
+            d / 2
+        }
+        let t0 = Instant::now();
+        let mut state = MemberState::new(
+            MemberRole::Server,
+            Some(GrantedRole::Server),
+            4 * SECOND,
+            t0,
+            halve,
+        );
+        assert_eq!(
+            state.health_read(&starting(), t0),
+            Step::Pause(STARTING_HEALTH_POLL)
+        );
+        let at = t0 + 4 * SECOND;
+        assert_eq!(state.health_read(&starting(), at), renew());
+        state.claim_answered(claim_answer(GrantedRole::Server, 4 * SECOND), "", at);
+        assert_eq!(state.next_claim, at + 2 * SECOND);
+        state.health_read(&Ok(()), at);
+        assert_eq!(
+            state.heartbeat_answered(HeartbeatOutcome::Unreachable("down".into()), at),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            state.heartbeat_answered(accepted(4 * SECOND), at),
+            2 * SECOND
+        );
+    }
+}
