@@ -196,6 +196,8 @@ enum Payload {
         address: Address,
         expect: u32,
         agent_only: bool,
+        started_as: None,
+        raft: None,
     },
     Raw(Vec<u8>),
 }
@@ -224,6 +226,7 @@ impl Payload {
                 server,
                 leader,
                 meta,
+                raft: None,
             } => {
                 let mut v = serde_json::json!({
                     "address": address.render(),

@@ -54,6 +54,8 @@ pub enum ErrorCode {
     /// The cluster already had a raft: a new one needs an operator's reset, which the message
     /// names (409). The claimant waits: the raft may come back.
     ResetRequired,
+    /// The heartbeat or claim reports another raft than the cluster's (409): it is not listed.
+    WrongRaft,
     /// A reset named another generation than the cluster's current one; nothing changed (409).
     GenerationMismatch,
     /// A reset found live members it was not told to force; nothing changed (409).
@@ -87,6 +89,7 @@ impl ErrorCode {
             ErrorCode::AddressConflict => "address_conflict",
             ErrorCode::ExpectConflict => "expect_conflict",
             ErrorCode::ResetRequired => "reset_required",
+            ErrorCode::WrongRaft => "wrong_raft",
             ErrorCode::GenerationMismatch => "generation_mismatch",
             ErrorCode::MembersLive => "members_live",
             ErrorCode::StorageError => "storage_error",
@@ -126,6 +129,7 @@ mod tests {
             ErrorCode::AddressConflict,
             ErrorCode::ExpectConflict,
             ErrorCode::ResetRequired,
+            ErrorCode::WrongRaft,
             ErrorCode::GenerationMismatch,
             ErrorCode::MembersLive,
             ErrorCode::StorageError,

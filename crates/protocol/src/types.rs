@@ -142,6 +142,14 @@ pub struct HeartbeatRequest {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::metadata_schema))]
     pub meta: BTreeMap<String, String>,
+    /// The raft this member belongs to, as its grant named it. Absent: unknown (a member from
+    /// before identities, or an engine without one), listed but never refused for it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::object_only"
+    )]
+    pub raft: Option<RaftIdentity>,
 }
 
 impl HeartbeatRequest {
@@ -151,7 +159,50 @@ impl HeartbeatRequest {
         if let Some(status) = &self.status {
             status.validate()?;
         }
+        if let Some(raft) = &self.raft {
+            raft.validate()?;
+        }
         Ok(())
+    }
+}
+
+/// Which raft: the generation of its bootstrap grant and a random nonce the registry drew for
+/// that grant. The sidecar gives the nonce to the agent (etcd's `--initial-cluster-token`), so
+/// two rafts of one cluster name never share a cluster ID and refuse each other's peers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RaftIdentity {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9007199254740991_i64)
+    )]
+    pub generation: u64,
+    /// 16 lowercase hexadecimal digits.
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{16}$"))]
+    pub nonce: String,
+}
+
+impl RaftIdentity {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let hex = self.nonce.len() == 16
+            && self
+                .nonce
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex {
+            return Err(ValidationError::new(
+                crate::ErrorCode::InvalidBody,
+                "raft.nonce must be 16 lowercase hexadecimal digits".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for RaftIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "generation {} ({})", self.generation, self.nonce)
     }
 }
 
@@ -235,6 +286,17 @@ pub struct ClaimRequest {
     /// Set by a node that only ever wants to be a client agent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agent_only: bool,
+    /// The role this node's agent already runs as, when it claims again while the agent starts:
+    /// a registry that lost its data never tells such a node `bootstrap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_as: Option<GrantedRole>,
+    /// The raft this node's agent already belongs to, with `started_as`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::object_only"
+    )]
+    pub raft: Option<RaftIdentity>,
 }
 
 impl ClaimRequest {
@@ -242,6 +304,9 @@ impl ClaimRequest {
         validate::validate_name(NameKind::Node, &self.node)?;
         validate::validate_address(&self.address)?;
         validate::validate_expect(self.expect)?;
+        if let Some(raft) = &self.raft {
+            raft.validate()?;
+        }
         Ok(())
     }
 }
@@ -272,6 +337,9 @@ pub struct ClaimResponse {
     pub ttl_ms: u64,
     /// The heartbeat interval to use once the agent runs.
     pub interval_ms: u64,
+    /// The raft to start or join: a new identity with `bootstrap`, else the cluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<RaftIdentity>,
 }
 
 /// `GET /members` in JSON.

@@ -56,6 +56,33 @@ pub enum Command {
         )]
         url: String,
     },
+    /// Resets a cluster whose raft is gone for good, so that its next claim bootstraps a new
+    /// raft (generation + 1). Refused unless GENERATION is the cluster's current one, and while
+    /// live members are not named in --force. Prints the registry's answer as JSON.
+    Reset {
+        /// The cluster to reset.
+        cluster: String,
+        /// The cluster's current generation (`raft.generation`, else `bootstrap.generation`,
+        /// from GET /v1/clusters/CLUSTER; the refusal a claimant gets names it too).
+        #[arg(long)]
+        generation: u64,
+        /// Live members or claimants to forget although they are live (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        force: Vec<String>,
+        /// Why, for the log and the dashboard.
+        #[arg(long)]
+        reason: Option<String>,
+        /// The registry to ask (inside the registry's container, the default is right).
+        #[arg(
+            long,
+            env = "ROLLCALL_RESET_URL",
+            default_value = "http://127.0.0.1:7400"
+        )]
+        url: String,
+        /// The registry-wide token, when writes need one.
+        #[arg(long, env = "ROLLCALL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -6,14 +6,31 @@ use clap::Parser;
 use rollcall_registry::config::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// Exit codes (BSD sysexits): 0 clean stop, 1 runtime failure, 64 bad configuration.
+/// Exit codes (BSD sysexits): 0 clean stop, 1 runtime failure, 64 bad configuration; `reset`
+/// also exits 65 when the registry refused it.
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Healthcheck { url }) = cli.command {
-        return healthcheck(&url);
+    match cli.command {
+        Some(Command::Healthcheck { url }) => return healthcheck(&url),
+        Some(Command::Reset {
+            cluster,
+            generation,
+            force,
+            reason,
+            url,
+            token,
+        }) => {
+            let request = rollcall_protocol::ResetRequest {
+                generation,
+                force,
+                reason,
+            };
+            return reset(&url, token, &cluster, &request);
+        }
+        None => {}
     }
     let config = match cli.serve.validate() {
         Ok(c) => c,
@@ -59,6 +76,54 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Exit code of `reset` when the registry refused it (sysexits `EX_DATAERR`).
+const EXIT_REFUSED: u8 = 65;
+
+/// `rollcall-registry reset`: one request to the registry's reset endpoint.
+fn reset(
+    url: &str,
+    token: Option<String>,
+    cluster: &str,
+    request: &rollcall_protocol::ResetRequest,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rollcall-registry reset: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let client = match rollcall_protocol::RegistryClient::new(url, token) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rollcall-registry reset: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match runtime.block_on(client.reset(cluster, request)) {
+        Ok(answer) => {
+            // The answer is this command's output, for scripts; stdout holds nothing else.
+            use std::io::Write;
+            let json = serde_json::to_string_pretty(&answer).unwrap_or_default();
+            if let Err(e) = writeln!(std::io::stdout().lock(), "{json}") {
+                eprintln!("rollcall-registry reset: done, but cannot print the answer: {e}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_transient() => {
+            eprintln!("rollcall-registry reset: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(e) => {
+            eprintln!("rollcall-registry reset: refused: {e}");
+            ExitCode::from(EXIT_REFUSED)
+        }
     }
 }
 

@@ -79,6 +79,7 @@ async fn thirty_bad_inputs_each_get_their_4xx_and_change_nothing() {
             role: MemberRole::Server,
             status: None,
             meta: BTreeMap::new(),
+            raft: None,
         },
     )
     .await
@@ -90,6 +91,8 @@ async fn thirty_bad_inputs_each_get_their_4xx_and_change_nothing() {
             address: "10.0.0.2:8300".into(),
             expect: 3,
             agent_only: false,
+            started_as: None,
+            raft: None,
         },
     )
     .await
@@ -505,12 +508,15 @@ async fn a_cluster_scoped_token_cannot_write_to_another_cluster() {
         role: MemberRole::Server,
         status: None,
         meta: BTreeMap::new(),
+        raft: None,
     };
     let claim = ClaimRequest {
         node: "n2".into(),
         address: "10.0.0.2:8300".into(),
         expect: 3,
         agent_only: false,
+        started_as: None,
+        raft: None,
     };
 
     let blue = reg.client_with_token("blue-secret");

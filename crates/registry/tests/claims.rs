@@ -16,6 +16,8 @@ fn claim(node: &str, expect: u32) -> ClaimRequest {
         address: format!("{node}:8300"),
         expect,
         agent_only: false,
+        started_as: None,
+        raft: None,
     }
 }
 
@@ -25,6 +27,7 @@ fn hb(address: &str, role: MemberRole) -> HeartbeatRequest {
         role,
         status: None,
         meta: BTreeMap::new(),
+        raft: None,
     }
 }
 

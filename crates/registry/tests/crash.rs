@@ -56,6 +56,7 @@ fn hb(address: &str) -> HeartbeatRequest {
         role: MemberRole::Server,
         status: None,
         meta: BTreeMap::new(),
+        raft: None,
     }
 }
 
@@ -159,6 +160,8 @@ async fn worker(client: RegistryClient, model: Arc<Mutex<Model>>, worker: usize,
                 address: address.clone(),
                 expect: 3,
                 agent_only: false,
+                started_as: None,
+                raft: None,
             };
             match client.claim(&cluster, &request).await {
                 Ok(answer) => {

@@ -37,6 +37,7 @@ fn hb(address: &str, role: MemberRole, leader: bool) -> HeartbeatRequest {
             is_leader: Some(leader),
         }),
         meta: BTreeMap::new(),
+        raft: None,
     }
 }
 

@@ -17,6 +17,7 @@ fn hb(address: &str) -> HeartbeatRequest {
         role: MemberRole::Server,
         status: None,
         meta: BTreeMap::new(),
+        raft: None,
     }
 }
 

@@ -14,6 +14,7 @@ fn hb(address: &str, role: MemberRole) -> HeartbeatRequest {
         role,
         status: None,
         meta: BTreeMap::new(),
+        raft: None,
     }
 }
 

@@ -1,4 +1,5 @@
-//! What operators and watching tools use: blocking reads, `/metrics`, the event stream.
+//! What operators and watching tools use: blocking reads, `/metrics`, the event stream, the
+//! reset subcommand.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{after_grace, TestRegistry, FAST};
 use rollcall_protocol::{
-    ClaimRequest, HeartbeatRequest, MemberRole, MembersResponse, INDEX_HEADER,
+    ClaimRequest, GrantedRole, HeartbeatRequest, MemberRole, MembersResponse, INDEX_HEADER,
 };
 
 fn hb(address: &str) -> HeartbeatRequest {
@@ -16,6 +17,7 @@ fn hb(address: &str) -> HeartbeatRequest {
         role: MemberRole::Server,
         status: None,
         meta: BTreeMap::new(),
+        raft: None,
     }
 }
 
@@ -186,6 +188,8 @@ async fn metrics_counters_move_with_the_traffic() {
             address: "a:1".into(),
             expect: 3,
             agent_only: false,
+            started_as: None,
+            raft: None,
         },
     )
     .await
@@ -197,6 +201,8 @@ async fn metrics_counters_move_with_the_traffic() {
             address: "b:1".into(),
             expect: 3,
             agent_only: false,
+            started_as: None,
+            raft: None,
         },
     )
     .await
@@ -291,6 +297,8 @@ async fn the_grafana_dashboard_only_uses_metrics_the_registry_exports() {
             address: "a:1".into(),
             expect: 1,
             agent_only: false,
+            started_as: None,
+            raft: None,
         },
     )
     .await
@@ -383,4 +391,57 @@ async fn the_openapi_document_covers_every_json_route() {
         address.as_str(),
         Some(rollcall_protocol::validate::ADDRESS_PATTERN)
     );
+}
+
+/// `rollcall-registry reset` (what an operator runs through `docker exec`): refused with 65
+/// while a member is live, done with 0 once it left; the next claim bootstraps generation 2.
+#[tokio::test]
+async fn the_reset_subcommand_resets_a_cluster_and_says_when_it_refuses() {
+    let reg = TestRegistry::start(&[
+        "--token",
+        "op-token",
+        "--startup-grace",
+        "500ms",
+        "--interval",
+        "500ms",
+    ])
+    .await;
+    common::after_grace(&reg).await;
+    let c = reg.client_with_token("op-token");
+    let claim = |node: &str| ClaimRequest {
+        node: node.into(),
+        address: format!("{node}:8300"),
+        expect: 3,
+        agent_only: false,
+        started_as: None,
+        raft: None,
+    };
+    let first = c.claim("ops", &claim("n1")).await.expect("claim");
+    assert_eq!(first.role, GrantedRole::Bootstrap);
+    c.heartbeat("ops", "n1", &hb("n1:8300"))
+        .await
+        .expect("heartbeat");
+    let reset = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rollcall-registry"))
+            .args(["reset", "ops", "--generation", "1", "--reason", "test"])
+            .args(extra)
+            .args(["--url", &reg.url(), "--token", "op-token"])
+            .output()
+            .expect("run rollcall-registry reset")
+    };
+    let refused = reset(&[]);
+    assert_eq!(refused.status.code(), Some(65), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("members_live") && said.contains("n1"),
+        "{said}"
+    );
+    c.leave("ops", "n1").await.expect("leave");
+    let done = reset(&[]);
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&done.stdout).expect("JSON on stdout");
+    assert_eq!(answer["next_generation"], 2);
+    let next = c.claim("ops", &claim("n2")).await.expect("claim");
+    assert_eq!(next.role, GrantedRole::Bootstrap);
+    assert_eq!(next.raft.map(|r| r.generation), Some(2));
 }

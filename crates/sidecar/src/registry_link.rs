@@ -92,6 +92,8 @@ impl RegistryLink {
             address: self.address.clone(),
             expect: self.expect,
             agent_only: self.agent_only,
+            started_as: None,
+            raft: None,
         };
         self.client.claim(&self.cluster, &request).await
     }
@@ -168,6 +170,7 @@ impl RegistryLink {
             role,
             status,
             meta,
+            raft: None,
         };
         self.client
             .heartbeat(&self.cluster, &self.node, &request)

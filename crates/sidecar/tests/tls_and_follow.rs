@@ -49,6 +49,7 @@ fn hb(address: &str) -> HeartbeatRequest {
         role: MemberRole::Server,
         status: None,
         meta: BTreeMap::new(),
+        raft: None,
     }
 }
 

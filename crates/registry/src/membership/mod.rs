@@ -10,7 +10,8 @@
 //! await a [`Store::flush`] before answering. A later decision that saw an earlier,
 //! not-yet-flushed change is itself answered only after its own flush, which covers both.
 //!
-//! - `rules.rs`: the claim rules, a pure function with table tests.
+//! - `rules.rs`: the claim rules, a pure function with table tests; `claim.rs` applies them.
+//! - `heartbeat.rs`: the heartbeat write.
 //! - `state.rs`: the state in memory and the changes every write shares.
 //! - `expiry.rs`: the expiry index.
 //! - `views.rs`: the read side (members, clusters, join targets).
@@ -20,7 +21,9 @@
 //! claim plus the TTL; reads filter by that deadline, so nothing expired is ever returned
 //! between sweeps. One clock: `tokio::time::Instant`, so that tests can pause it.
 
+mod claim;
 mod expiry;
+mod heartbeat;
 mod operator;
 pub mod rules;
 mod state;
@@ -29,17 +32,12 @@ mod views;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rollcall_protocol::{
-    ClaimRequest, ClaimResponse, ErrorCode, GrantedRole, HeartbeatRequest, HeartbeatResponse,
-};
+use rollcall_protocol::ErrorCode;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::store::{
-    ClaimRecord, GrantRecord, HistoryRecord, MemberRecord, RaftRecord, Store, StoreError,
-};
-use rules::{ClaimInputs, Conflict, Decision, GrantFacts, KnownRaft, Rule};
-use state::{change_of, Change, LiveMember, State};
+use crate::store::{RaftRecord, Store, StoreError};
+use state::{LiveMember, State};
 
 /// The timing rules of the registry. Validated by the config before they get here.
 #[derive(Debug, Clone, Copy)]
@@ -176,6 +174,7 @@ impl Membership {
                     generation: grant.generation,
                     expect: Some(grant.expect),
                     known_at_unix_ms: grant.granted_at_unix_ms,
+                    nonce: grant.nonce.clone(),
                 });
             }
         }
@@ -284,122 +283,6 @@ impl Membership {
         n
     }
 
-    /// A heartbeat: registers or renews `node`. The first heartbeat of a cluster whose raft is
-    /// not known makes it known (a member heartbeats only while its agent is healthy).
-    pub fn heartbeat(
-        &self,
-        cluster: &str,
-        node: &str,
-        hb: HeartbeatRequest,
-    ) -> Result<(HeartbeatResponse, Durability), RefusedError> {
-        let now = Instant::now();
-        let mut st = self.lock();
-        self.observe(&mut st, now);
-        st.expire_due(now, &self.store);
-        let cs = st.clusters.get(cluster);
-        let previous = cs
-            .and_then(|c| c.nodes.get(node))
-            .and_then(|e| e.member.as_ref())
-            .map(|m| &m.record);
-        let change = change_of(previous, &hb);
-        let learn = match cs {
-            Some(cs) => cs.raft_to_learn(),
-            None => state::ClusterState::default().raft_to_learn(),
-        };
-
-        if change == Change::Nothing && learn.is_none() {
-            // The common case, a renewal: move the deadline and answer. No index, no write.
-            let entry = st.touch(cluster, node, now);
-            if let Some(live) = entry.member.as_mut() {
-                live.last_heartbeat = now;
-            }
-            drop(st);
-            metrics::counter!("rollcall_heartbeats_total", "result" => "renewed").increment(1);
-            return Ok((
-                self.heartbeat_response(cluster, node, false),
-                Durability::NoWait,
-            ));
-        }
-
-        // Gather.
-        st.check_room(cluster, node, &self.limits)?;
-        let registered_at_unix_ms = previous.map_or_else(unix_ms_now, |r| r.registered_at_unix_ms);
-        if let (Change::AddressOrRole, Some(rec)) = (change, previous) {
-            tracing::info!(cluster, node, old_address = %rec.address, address = %hb.address, old_role = %rec.role, role = %hb.role, "member changed its address or role");
-        }
-        let record = MemberRecord {
-            address: hb.address,
-            role: hb.role,
-            status: hb.status.unwrap_or_default(),
-            meta: hb.meta,
-            registered_at_unix_ms,
-        };
-        let history = learn.as_ref().map(|raft| {
-            let mut history = cs.map_or_else(HistoryRecord::default, |c| c.history(now));
-            history.raft = Some(raft.clone());
-            history
-        });
-        // Persist.
-        if change != Change::Nothing {
-            self.store.put_member(cluster, node, &record)?;
-        }
-        if let Some(history) = &history {
-            self.store.put_history(cluster, history)?;
-        }
-        // Apply.
-        let registered_as =
-            (change == Change::Registers).then(|| (record.address.clone(), record.role));
-        let index = st.bump_index();
-        st.touch(cluster, node, now).member = Some(LiveMember {
-            record,
-            last_heartbeat: now,
-        });
-        if let Some(cs) = st.clusters.get_mut(cluster) {
-            cs.index = index;
-            if let Some(raft) = &learn {
-                cs.raft = Some(raft.clone());
-            }
-        }
-        let result = if registered_as.is_some() {
-            "registered"
-        } else {
-            "renewed"
-        };
-        metrics::counter!("rollcall_heartbeats_total", "result" => result).increment(1);
-        self.publish(st);
-        // Logged once the lock is released: writing a log line is slow.
-        if let Some((address, role)) = &registered_as {
-            tracing::info!(cluster, node, address, %role, "member registered");
-        }
-        if let Some(raft) = &learn {
-            tracing::info!(
-                cluster,
-                node,
-                generation = raft.generation,
-                expect = raft.expect,
-                "the cluster's raft is known from this heartbeat: from now on only an operator's reset lets a new raft start"
-            );
-        }
-        let durability = match (change, &learn) {
-            (Change::StatusOrMeta | Change::Nothing, None) => Durability::NoWait,
-            _ => Durability::FlushBeforeAnswer,
-        };
-        Ok((
-            self.heartbeat_response(cluster, node, registered_as.is_some()),
-            durability,
-        ))
-    }
-
-    fn heartbeat_response(&self, cluster: &str, node: &str, registered: bool) -> HeartbeatResponse {
-        HeartbeatResponse {
-            cluster: cluster.to_string(),
-            node: node.to_string(),
-            registered,
-            ttl_ms: ms(self.timing.ttl),
-            interval_ms: ms(self.timing.interval),
-        }
-    }
-
     /// A graceful leave: forgets the member and its claim. `NotFound` when neither exists.
     pub fn leave(&self, cluster: &str, node: &str) -> Result<Durability, RefusedError> {
         let now = Instant::now();
@@ -433,232 +316,6 @@ impl Membership {
         }
         self.publish(st);
         Ok(Durability::FlushBeforeAnswer)
-    }
-
-    /// Mode determination: which role `request.node` must start as. The rules are
-    /// [`rules::decide`]; this gathers their inputs, persists and applies the decision.
-    pub fn claim(
-        &self,
-        cluster: &str,
-        request: &ClaimRequest,
-    ) -> Result<(ClaimResponse, Durability), RefusedError> {
-        let now = Instant::now();
-        let node = request.node.as_str();
-        let timing = self.timing;
-        let mut st = self.lock();
-        self.observe(&mut st, now);
-        st.expire_due(now, &self.store);
-        st.check_room(cluster, node, &self.limits)?;
-
-        // Gather, decide.
-        let ttl = st.ttl;
-        let cs = st.clusters.get(cluster);
-        let own = cs.and_then(|c| c.nodes.get(node));
-        let other_expects = cs.map(|c| c.other_expects(node)).unwrap_or_default();
-        let raft = cs.and_then(|c| c.raft.as_ref()).map(|r| KnownRaft {
-            generation: r.generation,
-            expect: r.expect,
-            known_at_unix_ms: r.known_at_unix_ms,
-        });
-        let inputs = ClaimInputs {
-            cluster,
-            node,
-            expect: request.expect,
-            agent_only: request.agent_only,
-            own_claim: own.and_then(|e| e.claim.as_ref()).map(|c| c.role),
-            others: cs.map(|c| c.others(node)).unwrap_or_default(),
-            uptime: now.saturating_duration_since(st.grace_from),
-            startup_grace: timing.startup_grace,
-            last_seen_ago: cs
-                .and_then(|c| c.last_seen)
-                .map(|s| now.saturating_duration_since(s)),
-            quiet_period: timing.quiet_period,
-            interval: timing.interval,
-            last_generation: cs.map(|c| c.last_generation).filter(|g| *g > 0),
-            own_address: own.and_then(|e| {
-                e.member
-                    .as_ref()
-                    .map(|m| m.record.address.as_str())
-                    .or(e.claim.as_ref().map(|c| c.address.as_str()))
-            }),
-            address: &request.address,
-            own_expires_in: own.map_or(Duration::ZERO, |e| {
-                e.deadline(ttl).saturating_duration_since(now)
-            }),
-            other_expects: &other_expects,
-            raft: raft.as_ref(),
-            grant: cs.and_then(|c| c.grant.as_ref()).map(|g| GrantFacts {
-                node: &g.node,
-                generation: g.generation,
-                granted_at_unix_ms: g.granted_at_unix_ms,
-            }),
-            rebootstrap_after: timing.rebootstrap_after,
-        };
-        let decision = rules::decide(&inputs);
-        let (rule, role, generation, reason) = match decision {
-            Decision::Grant {
-                rule,
-                role,
-                generation,
-                reason,
-            } => (rule, role, generation, reason),
-            Decision::Defer {
-                rule,
-                message,
-                retry_after,
-            } => return Err(self.defer(st, cluster, node, rule, message, retry_after)),
-            Decision::Refuse {
-                rule,
-                conflict,
-                message,
-                retry_after,
-            } => return Err(self.refuse(st, cluster, node, rule, conflict, message, retry_after)),
-        };
-        // Once the raft is known its stored size counts; a claim that says otherwise is told.
-        let expect = raft
-            .as_ref()
-            .and_then(|r| r.expect)
-            .unwrap_or(request.expect);
-        if expect != request.expect {
-            tracing::info!(cluster, node, claimed = request.expect, expect, "the claim's expect differs from the raft's stored size; the stored size counts (an operator's resize changes it)");
-        }
-
-        // Persist: the grant before the claim, so that a stored bootstrap claim always has its
-        // grant; with a new grant, the history forgets the last raft and counts the generation.
-        let granted_at_unix_ms = unix_ms_now();
-        let record = ClaimRecord {
-            role,
-            address: request.address.clone(),
-            expect,
-            granted_at_unix_ms,
-        };
-        let new_grant = generation.map(|generation| GrantRecord {
-            node: node.to_string(),
-            address: request.address.clone(),
-            expect,
-            generation,
-            granted_at_unix_ms,
-        });
-        let new_history = new_grant.as_ref().map(|grant| {
-            let mut history = cs.map_or_else(HistoryRecord::default, |c| c.history(now));
-            history.raft = None;
-            history.last_generation = grant.generation;
-            history
-        });
-        let changed_claim = own.and_then(|e| e.claim.as_ref()).is_none_or(|c| {
-            c.role != record.role || c.address != record.address || c.expect != record.expect
-        });
-        if let Some(grant) = &new_grant {
-            self.store.put_grant(cluster, grant)?;
-        }
-        if let Some(history) = &new_history {
-            self.store.put_history(cluster, history)?;
-        }
-        if changed_claim {
-            self.store.put_claim(cluster, node, &record)?;
-        }
-
-        // Apply.
-        let entry = st.touch(cluster, node, now);
-        if changed_claim {
-            entry.claim = Some(record);
-        }
-        if let Some(grant) = new_grant {
-            tracing::info!(
-                cluster,
-                node,
-                generation = grant.generation,
-                expect = grant.expect,
-                "bootstrap granted"
-            );
-            if let Some(cs) = st.clusters.get_mut(cluster) {
-                cs.last_generation = grant.generation;
-                cs.raft = None;
-                cs.grant = Some(grant);
-            }
-        }
-        let join = match (role, st.clusters.get(cluster)) {
-            (GrantedRole::Bootstrap, _) | (_, None) => Vec::new(),
-            (_, Some(cs)) => cs.join_targets(node, st.ttl, now),
-        };
-        tracing::info!(
-            cluster,
-            node,
-            role = %role,
-            %rule,
-            join = %join.iter().map(|t| t.address.as_str()).collect::<Vec<_>>().join(","),
-            reason = %reason,
-            "claim decided"
-        );
-        metrics::counter!("rollcall_claims_total", "result" => role.as_str()).increment(1);
-        st.record_decision(cluster, node, role.as_str(), &format!("[{rule}] {reason}"));
-        self.publish(st);
-        let durability = if changed_claim || generation.is_some() {
-            Durability::FlushBeforeAnswer
-        } else {
-            Durability::NoWait
-        };
-        Ok((
-            ClaimResponse {
-                cluster: cluster.to_string(),
-                node: node.to_string(),
-                role,
-                join,
-                expect,
-                reason,
-                ttl_ms: ms(timing.ttl),
-                interval_ms: ms(timing.interval),
-            },
-            durability,
-        ))
-    }
-
-    /// Logs, counts and records a deferred claim, then builds the refusal.
-    fn defer(
-        &self,
-        mut st: MutexGuard<'_, State>,
-        cluster: &str,
-        node: &str,
-        rule: Rule,
-        message: String,
-        retry_after: Duration,
-    ) -> RefusedError {
-        tracing::info!(cluster, node, %rule, reason = %message, retry_after_ms = ms(retry_after), "claim deferred");
-        metrics::counter!("rollcall_claims_total", "result" => "not_ready").increment(1);
-        st.record_decision(cluster, node, "not_ready", &format!("[{rule}] {message}"));
-        self.publish(st);
-        RefusedError::NotReady {
-            message,
-            retry_after,
-        }
-    }
-
-    /// Logs, counts and records a claim refused for a conflict, then builds the refusal.
-    #[allow(clippy::too_many_arguments)]
-    fn refuse(
-        &self,
-        mut st: MutexGuard<'_, State>,
-        cluster: &str,
-        node: &str,
-        rule: Rule,
-        conflict: Conflict,
-        message: String,
-        retry_after: Duration,
-    ) -> RefusedError {
-        let code = match conflict {
-            Conflict::Address => ErrorCode::AddressConflict,
-            Conflict::Expect => ErrorCode::ExpectConflict,
-            Conflict::ResetRequired => ErrorCode::ResetRequired,
-        };
-        tracing::warn!(cluster, node, %rule, %code, reason = %message, "claim refused");
-        metrics::counter!("rollcall_claims_total", "result" => code.as_str()).increment(1);
-        st.record_decision(cluster, node, code.as_str(), &format!("[{rule}] {message}"));
-        self.publish(st);
-        RefusedError::Conflict {
-            code,
-            message,
-            retry_after: Some(retry_after),
-        }
     }
 }
 

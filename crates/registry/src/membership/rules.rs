@@ -10,9 +10,11 @@
 //!
 //! | id                  | when                                                            | answer             |
 //! |---------------------|-----------------------------------------------------------------|--------------------|
+//! | `wrong-raft`        | the node reports another raft than the cluster's                | 409                |
 //! | `address-conflict`  | the node's live record or claim has another address             | 409, wait          |
 //! | `holder-joins`      | the node holds the bootstrap grant and others heartbeat         | `server`           |
 //! | `same-answer`       | the node holds a live claim                                     | that claim's role  |
+//! | `already-started`   | the node's agent already runs (it says so), the registry forgot | its role, never `bootstrap` |
 //! | `startup-grace`     | the registry started (or resumed) less than the grace ago       | 503, wait          |
 //! | `agent-only`        | the node asked to be an agent only                              | `agent`            |
 //! | `expect-conflict`   | the raft is not known and live claims asked another `expect`    | 409, wait          |
@@ -26,14 +28,16 @@
 
 use std::time::Duration;
 
-use rollcall_protocol::GrantedRole;
+use rollcall_protocol::{GrantedRole, RaftIdentity};
 
 /// The id of a claim rule. Stable: logs, dashboards and README.md refer to rules by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
+    WrongRaft,
     AddressConflict,
     HolderJoins,
     SameAnswer,
+    AlreadyStarted,
     StartupGrace,
     AgentOnly,
     ExpectConflict,
@@ -48,10 +52,12 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order [`decide`] tries them.
-    pub const ALL: [Rule; 13] = [
+    pub const ALL: [Rule; 15] = [
+        Rule::WrongRaft,
         Rule::AddressConflict,
         Rule::HolderJoins,
         Rule::SameAnswer,
+        Rule::AlreadyStarted,
         Rule::StartupGrace,
         Rule::AgentOnly,
         Rule::ExpectConflict,
@@ -66,9 +72,11 @@ impl Rule {
 
     pub fn id(self) -> &'static str {
         match self {
+            Rule::WrongRaft => "wrong-raft",
             Rule::AddressConflict => "address-conflict",
             Rule::HolderJoins => "holder-joins",
             Rule::SameAnswer => "same-answer",
+            Rule::AlreadyStarted => "already-started",
             Rule::StartupGrace => "startup-grace",
             Rule::AgentOnly => "agent-only",
             Rule::ExpectConflict => "expect-conflict",
@@ -139,6 +147,12 @@ pub struct ClaimInputs<'a> {
     pub grant: Option<GrantFacts<'a>>,
     /// `--rebootstrap-after`: off (`None`) by default.
     pub rebootstrap_after: Option<Duration>,
+    /// The role the claimant's agent already runs as, if it says so.
+    pub started_as: Option<GrantedRole>,
+    /// The raft the claimant says its agent belongs to.
+    pub reported_raft: Option<&'a RaftIdentity>,
+    /// The cluster's raft identity: the known raft's, else the last grant's.
+    pub cluster_raft: Option<&'a RaftIdentity>,
 }
 
 /// What the registry knows of a cluster's raft once it is known.
@@ -170,6 +184,8 @@ pub enum Conflict {
     Expect,
     /// The cluster had a raft: a new one needs an operator's reset.
     ResetRequired,
+    /// The claimant belongs to another raft than the cluster's.
+    WrongRaft,
 }
 
 /// What [`decide`] answers.
@@ -246,6 +262,18 @@ fn wall_clock(unix_ms: u64) -> humantime::Rfc3339Timestamp {
 /// Mode determination: the rules of the table above, tried in order.
 pub fn decide(i: &ClaimInputs<'_>) -> Decision {
     let (cluster, node, o) = (i.cluster, i.node, i.others);
+    if let (Some(reported), Some(ours)) = (i.reported_raft, i.cluster_raft) {
+        if reported != ours {
+            return refuse(
+                Rule::WrongRaft,
+                Conflict::WrongRaft,
+                format!(
+                    "{node} says its agent belongs to raft {reported}, but cluster {cluster}'s raft is {ours}; a member of another raft is never listed or given join targets here (a raft that was never listed moves its data aside and claims again)"
+                ),
+                i.interval,
+            );
+        }
+    }
     if let Some(own) = i.own_address.filter(|own| *own != i.address) {
         return refuse(
             Rule::AddressConflict,
@@ -277,6 +305,22 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
             )
         }
         None => {}
+    }
+    if let Some(started) = i.started_as {
+        // The registry forgot this node's claim (it lost its data, or the claim expired while
+        // the agent started), but the agent runs: it keeps its role, and a bootstrap holder
+        // stays a server of the raft it started. Never a new bootstrap.
+        let role = match started {
+            GrantedRole::Bootstrap | GrantedRole::Server => GrantedRole::Server,
+            GrantedRole::Agent => GrantedRole::Agent,
+        };
+        return grant(
+            Rule::AlreadyStarted,
+            role,
+            format!(
+                "{node}'s agent already runs as {started}; the registry holds no claim of it, so it keeps running as {role} and is never told to bootstrap"
+            ),
+        );
     }
     if i.uptime < i.startup_grace {
         return defer(

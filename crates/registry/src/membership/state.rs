@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use rollcall_protocol::{AgentStatus, GrantedRole, HeartbeatRequest, MemberRole};
+use rollcall_protocol::{AgentStatus, GrantedRole, HeartbeatRequest, MemberRole, RaftIdentity};
 use tokio::time::Instant;
 
 use super::expiry::{ExpiryIndex, Filed};
@@ -111,7 +111,7 @@ pub(super) fn change_of(previous: Option<&MemberRecord>, hb: &HeartbeatRequest) 
     };
     if rec.address != hb.address || rec.role != hb.role {
         Change::AddressOrRole
-    } else if !same_status || rec.meta != hb.meta {
+    } else if !same_status || rec.meta != hb.meta || rec.raft != hb.raft {
         Change::StatusOrMeta
     } else {
         Change::Nothing
@@ -186,7 +186,30 @@ impl ClusterState {
             generation: self.grant.as_ref().map_or(0, |g| g.generation),
             expect: self.grant.as_ref().map(|g| g.expect),
             known_at_unix_ms: unix_ms_now(),
+            nonce: self.grant.as_ref().and_then(|g| g.nonce.clone()),
         })
+    }
+
+    /// The cluster's raft identity when `reported` is not it (a renewal compares without
+    /// allocating; only a conflict clones).
+    pub fn conflicting_identity(&self, reported: &RaftIdentity) -> Option<RaftIdentity> {
+        let (generation, nonce) = match (&self.raft, &self.grant) {
+            (Some(raft), _) => (raft.generation, raft.nonce.as_deref()?),
+            (None, Some(grant)) => (grant.generation, grant.nonce.as_deref()?),
+            (None, None) => return None,
+        };
+        (reported.generation != generation || reported.nonce != nonce).then(|| RaftIdentity {
+            generation,
+            nonce: nonce.to_string(),
+        })
+    }
+
+    /// The cluster's raft identity: the known raft's, else the last grant's (a raft forming).
+    pub fn identity(&self) -> Option<RaftIdentity> {
+        match &self.raft {
+            Some(raft) => raft.identity(),
+            None => self.grant.as_ref().and_then(|g| g.identity()),
+        }
     }
 
     /// The `expect` of the other live bootstrap and server claims.

@@ -36,6 +36,7 @@ fn heartbeat(role: MemberRole, address: &str) -> HeartbeatRequest {
         role,
         status: None,
         meta: BTreeMap::new(),
+        raft: None,
     }
 }
 
@@ -45,6 +46,8 @@ fn claim_request(node: &str) -> ClaimRequest {
         address: format!("{node}:8300"),
         expect: 3,
         agent_only: false,
+        started_as: None,
+        raft: None,
     }
 }
 

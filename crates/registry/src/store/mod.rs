@@ -331,6 +331,7 @@ mod tests {
                 status: AgentStatus::default(),
                 meta: BTreeMap::new(),
                 registered_at_unix_ms: 1,
+                raft: None,
             };
             store.put_member("c1", "n1", &rec).expect("put");
             let claim = ClaimRecord {
@@ -346,6 +347,7 @@ mod tests {
                 expect: 3,
                 generation: 1,
                 granted_at_unix_ms: 1,
+                nonce: Some("0123456789abcdef".into()),
             };
             store.put_grant("c1", &grant).expect("put");
             store.flush().await.expect("flush");

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use rollcall_protocol::{AgentStatus, GrantedRole, MemberRole};
+use rollcall_protocol::{AgentStatus, GrantedRole, MemberRole, RaftIdentity};
 use serde::{Deserialize, Serialize};
 
 /// Version of the stored records. A record with another version is refused by [`decode`] (and
@@ -25,6 +25,8 @@ pub struct MemberRecord {
     pub meta: BTreeMap<String, String>,
     /// Wall-clock time of the first registration, for people reading the record.
     pub registered_at_unix_ms: u64,
+    /// The raft the member reported, if it reported one.
+    pub raft: Option<RaftIdentity>,
 }
 
 /// A granted claim.
@@ -45,6 +47,19 @@ pub struct GrantRecord {
     /// 1 for the cluster's first raft, then one more for each new raft.
     pub generation: u64,
     pub granted_at_unix_ms: u64,
+    /// The random half of the new raft's identity (16 hex digits); absent in grants of format
+    /// 1 written before identities.
+    pub nonce: Option<String>,
+}
+
+impl GrantRecord {
+    /// The identity of the raft this grant starts, when the grant has a nonce.
+    pub fn identity(&self) -> Option<RaftIdentity> {
+        self.nonce.as_ref().map(|nonce| RaftIdentity {
+            generation: self.generation,
+            nonce: nonce.clone(),
+        })
+    }
 }
 
 /// What a cluster has been through: the raft the registry knows it has, the highest generation
@@ -69,6 +84,18 @@ pub struct RaftRecord {
     pub generation: u64,
     pub expect: Option<u32>,
     pub known_at_unix_ms: u64,
+    /// The identity's nonce, once the registry knows it (from the grant, or relearned from a
+    /// member's heartbeat).
+    pub nonce: Option<String>,
+}
+
+impl RaftRecord {
+    pub fn identity(&self) -> Option<RaftIdentity> {
+        self.nonce.as_ref().map(|nonce| RaftIdentity {
+            generation: self.generation,
+            nonce: nonce.clone(),
+        })
+    }
 }
 
 /// An operator's reset.
@@ -151,6 +178,15 @@ pub struct StoredMember {
     #[serde(default)]
     meta: BTreeMap<String, String>,
     registered_at_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    raft: Option<StoredIdentity>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredIdentity {
+    generation: u64,
+    nonce: String,
 }
 
 #[doc(hidden)]
@@ -174,6 +210,8 @@ pub struct StoredGrant {
     expect: u32,
     generation: u64,
     granted_at_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nonce: Option<String>,
 }
 
 impl From<MemberRole> for StoredMemberRole {
@@ -247,6 +285,10 @@ impl Record for MemberRecord {
             status: (&self.status).into(),
             meta: self.meta.clone(),
             registered_at_unix_ms: self.registered_at_unix_ms,
+            raft: self.raft.as_ref().map(|r| StoredIdentity {
+                generation: r.generation,
+                nonce: r.nonce.clone(),
+            }),
         }
     }
 
@@ -258,6 +300,10 @@ impl Record for MemberRecord {
             status: s.status.into(),
             meta: s.meta,
             registered_at_unix_ms: s.registered_at_unix_ms,
+            raft: s.raft.map(|r| RaftIdentity {
+                generation: r.generation,
+                nonce: r.nonce,
+            }),
         })
     }
 }
@@ -297,6 +343,7 @@ impl Record for GrantRecord {
             expect: self.expect,
             generation: self.generation,
             granted_at_unix_ms: self.granted_at_unix_ms,
+            nonce: self.nonce.clone(),
         }
     }
 
@@ -308,6 +355,7 @@ impl Record for GrantRecord {
             expect: s.expect,
             generation: s.generation,
             granted_at_unix_ms: s.granted_at_unix_ms,
+            nonce: s.nonce,
         })
     }
 }
@@ -333,6 +381,8 @@ struct StoredRaft {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expect: Option<u32>,
     known_at_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nonce: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -355,6 +405,7 @@ impl Record for HistoryRecord {
                 generation: r.generation,
                 expect: r.expect,
                 known_at_unix_ms: r.known_at_unix_ms,
+                nonce: r.nonce.clone(),
             }),
             last_generation: self.last_generation,
             last_seen_unix_ms: self.last_seen_unix_ms,
@@ -374,6 +425,7 @@ impl Record for HistoryRecord {
                 generation: r.generation,
                 expect: r.expect,
                 known_at_unix_ms: r.known_at_unix_ms,
+                nonce: r.nonce,
             }),
             last_generation: s.last_generation,
             last_seen_unix_ms: s.last_seen_unix_ms,
@@ -430,6 +482,7 @@ mod tests {
                 generation: 2,
                 expect: Some(3),
                 known_at_unix_ms: 7,
+                nonce: Some("00ff00ff00ff00ff".into()),
             }),
             last_generation: 2,
             last_seen_unix_ms: Some(9),

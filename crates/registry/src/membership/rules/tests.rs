@@ -31,8 +31,20 @@ fn base() -> ClaimInputs<'static> {
         raft: None,
         grant: None,
         rebootstrap_after: None,
+        started_as: None,
+        reported_raft: None,
+        cluster_raft: None,
     }
 }
+
+static OURS: std::sync::LazyLock<RaftIdentity> = std::sync::LazyLock::new(|| RaftIdentity {
+    generation: 1,
+    nonce: "0123456789abcdef".into(),
+});
+static THEIRS: std::sync::LazyLock<RaftIdentity> = std::sync::LazyLock::new(|| RaftIdentity {
+    generation: 1,
+    nonce: "fedcba9876543210".into(),
+});
 
 /// A raft of generation 1 and size 3, known since the grant to n0.
 static KNOWN: KnownRaft = KnownRaft {
@@ -348,6 +360,58 @@ fn cases() -> Vec<Case> {
             },
             rule: Rule::ResetRequired,
             role: None,
+        },
+        Case {
+            name: "a claimant reporting another raft",
+            inputs: ClaimInputs {
+                reported_raft: Some(&THEIRS),
+                cluster_raft: Some(&OURS),
+                started_as: Some(Server),
+                ..b()
+            },
+            rule: Rule::WrongRaft,
+            role: None,
+        },
+        Case {
+            name: "a claimant reporting the cluster's raft keeps its role",
+            inputs: ClaimInputs {
+                reported_raft: Some(&OURS),
+                cluster_raft: Some(&OURS),
+                started_as: Some(Server),
+                others: others(2, 2, 2),
+                ..b()
+            },
+            rule: Rule::AlreadyStarted,
+            role: Some(Server),
+        },
+        Case {
+            name:
+                "a registry that lost its data, inside its grace: a started server stays a server",
+            inputs: ClaimInputs {
+                uptime: S,
+                started_as: Some(Server),
+                ..b()
+            },
+            rule: Rule::AlreadyStarted,
+            role: Some(Server),
+        },
+        Case {
+            name: "a started bootstrap holder the registry forgot stays a server of its raft",
+            inputs: ClaimInputs {
+                started_as: Some(Bootstrap),
+                ..b()
+            },
+            rule: Rule::AlreadyStarted,
+            role: Some(Server),
+        },
+        Case {
+            name: "a started agent stays an agent",
+            inputs: ClaimInputs {
+                started_as: Some(Agent),
+                ..b()
+            },
+            rule: Rule::AlreadyStarted,
+            role: Some(Agent),
         },
         Case {
             name: "a known raft gone longer than --rebootstrap-after",

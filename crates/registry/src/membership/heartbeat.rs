@@ -1,0 +1,169 @@
+//! The heartbeat write: register or renew a member, learn the cluster's raft from it, refuse a
+//! member of another raft.
+
+use rollcall_protocol::{ErrorCode, HeartbeatRequest, HeartbeatResponse};
+use tokio::time::Instant;
+
+use super::state::{self, change_of, Change, LiveMember};
+use super::{ms, unix_ms_now, Durability, Membership, RefusedError};
+use crate::store::{HistoryRecord, MemberRecord};
+
+impl Membership {
+    /// A heartbeat: registers or renews `node`. The first heartbeat of a cluster whose raft is
+    /// not known makes it known (a member heartbeats only while its agent is healthy).
+    pub fn heartbeat(
+        &self,
+        cluster: &str,
+        node: &str,
+        hb: HeartbeatRequest,
+    ) -> Result<(HeartbeatResponse, Durability), RefusedError> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        self.observe(&mut st, now);
+        st.expire_due(now, &self.store);
+        let cs = st.clusters.get(cluster);
+        let previous = cs
+            .and_then(|c| c.nodes.get(node))
+            .and_then(|e| e.member.as_ref())
+            .map(|m| &m.record);
+        let change = change_of(previous, &hb);
+        let conflict = cs
+            .zip(hb.raft.as_ref())
+            .and_then(|(c, r)| c.conflicting_identity(r));
+        if let (Some(reported), Some(ours)) = (&hb.raft, &conflict) {
+            {
+                let message = format!(
+                    "{node} reports raft {reported}, but cluster {cluster}'s raft is {ours}; it is not listed, and nobody is given it as a join target"
+                );
+                tracing::warn!(cluster, node, %reported, %ours, "heartbeat from another raft refused");
+                metrics::counter!("rollcall_wrong_raft_total").increment(1);
+                st.record_decision(
+                    cluster,
+                    node,
+                    "wrong_raft",
+                    &format!("[wrong-raft] {message}"),
+                );
+                self.publish(st);
+                return Err(RefusedError::Conflict {
+                    code: ErrorCode::WrongRaft,
+                    message,
+                    retry_after: None,
+                });
+            }
+        }
+        let mut learn = match cs {
+            Some(cs) => cs.raft_to_learn(),
+            None => state::ClusterState::default().raft_to_learn(),
+        };
+        // A raft known without its nonce (relearned after a data loss, or from a grant of
+        // format 1) learns it from the first member that reports one.
+        let known_without_nonce = cs
+            .and_then(|c| c.raft.as_ref())
+            .filter(|r| r.nonce.is_none())
+            .cloned();
+        if let (Some(mut raft), Some(reported)) = (known_without_nonce, &hb.raft) {
+            raft.generation = reported.generation;
+            raft.nonce = Some(reported.nonce.clone());
+            learn = Some(raft);
+        }
+        if let (Some(raft), Some(reported)) = (learn.as_mut(), &hb.raft) {
+            if raft.nonce.is_none() {
+                raft.generation = reported.generation;
+                raft.nonce = Some(reported.nonce.clone());
+            }
+        }
+
+        if change == Change::Nothing && learn.is_none() {
+            // The common case, a renewal: move the deadline and answer. No index, no write.
+            let entry = st.touch(cluster, node, now);
+            if let Some(live) = entry.member.as_mut() {
+                live.last_heartbeat = now;
+            }
+            drop(st);
+            metrics::counter!("rollcall_heartbeats_total", "result" => "renewed").increment(1);
+            return Ok((
+                self.heartbeat_response(cluster, node, false),
+                Durability::NoWait,
+            ));
+        }
+
+        // Gather.
+        st.check_room(cluster, node, &self.limits)?;
+        let registered_at_unix_ms = previous.map_or_else(unix_ms_now, |r| r.registered_at_unix_ms);
+        if let (Change::AddressOrRole, Some(rec)) = (change, previous) {
+            tracing::info!(cluster, node, old_address = %rec.address, address = %hb.address, old_role = %rec.role, role = %hb.role, "member changed its address or role");
+        }
+        let record = MemberRecord {
+            address: hb.address,
+            role: hb.role,
+            status: hb.status.unwrap_or_default(),
+            meta: hb.meta,
+            registered_at_unix_ms,
+            raft: hb.raft,
+        };
+        let history = learn.as_ref().map(|raft| {
+            let mut history = cs.map_or_else(HistoryRecord::default, |c| c.history(now));
+            history.raft = Some(raft.clone());
+            history
+        });
+        // Persist.
+        if change != Change::Nothing {
+            self.store.put_member(cluster, node, &record)?;
+        }
+        if let Some(history) = &history {
+            self.store.put_history(cluster, history)?;
+        }
+        // Apply.
+        let registered_as =
+            (change == Change::Registers).then(|| (record.address.clone(), record.role));
+        let index = st.bump_index();
+        st.touch(cluster, node, now).member = Some(LiveMember {
+            record,
+            last_heartbeat: now,
+        });
+        if let Some(cs) = st.clusters.get_mut(cluster) {
+            cs.index = index;
+            if let Some(raft) = &learn {
+                cs.raft = Some(raft.clone());
+            }
+        }
+        let result = if registered_as.is_some() {
+            "registered"
+        } else {
+            "renewed"
+        };
+        metrics::counter!("rollcall_heartbeats_total", "result" => result).increment(1);
+        self.publish(st);
+        // Logged once the lock is released: writing a log line is slow.
+        if let Some((address, role)) = &registered_as {
+            tracing::info!(cluster, node, address, %role, "member registered");
+        }
+        if let Some(raft) = &learn {
+            tracing::info!(
+                cluster,
+                node,
+                generation = raft.generation,
+                expect = raft.expect,
+                "the cluster's raft is known from this heartbeat: from now on only an operator's reset lets a new raft start"
+            );
+        }
+        let durability = match (change, &learn) {
+            (Change::StatusOrMeta | Change::Nothing, None) => Durability::NoWait,
+            _ => Durability::FlushBeforeAnswer,
+        };
+        Ok((
+            self.heartbeat_response(cluster, node, registered_as.is_some()),
+            durability,
+        ))
+    }
+
+    fn heartbeat_response(&self, cluster: &str, node: &str, registered: bool) -> HeartbeatResponse {
+        HeartbeatResponse {
+            cluster: cluster.to_string(),
+            node: node.to_string(),
+            registered,
+            ttl_ms: ms(self.timing.ttl),
+            interval_ms: ms(self.timing.interval),
+        }
+    }
+}
