@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rollcall_registry::config::{Cli, Command, LogFormat};
-use tracing_subscriber::EnvFilter;
 
 /// Exit codes (BSD sysexits): 0 clean stop, 1 runtime failure, 64 bad configuration.
 const EXIT_FAILURE: u8 = 1;
@@ -22,7 +21,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_tracing(config.log_format);
+    rollcall_logging::init(match config.log_format {
+        LogFormat::Text => rollcall_logging::Format::Text,
+        LogFormat::Json => rollcall_logging::Format::Json,
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -42,23 +44,6 @@ fn main() -> ExitCode {
             tracing::error!(error = format!("{e:#}"), "rollcall-registry stopped");
             ExitCode::from(EXIT_FAILURE)
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("ROLLCALL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal: `docker logs` and files get plain text, and
-    // NO_COLOR (no-color.org) turns them off anywhere.
-    use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
