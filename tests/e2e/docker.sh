@@ -129,17 +129,13 @@ trap 'exit 130' INT TERM
 
 # --- Reading the registry ------------------------------------------------------------------
 
-members_json() { curl -fsS --max-time 3 "$registry/v1/clusters/default/members" 2>/dev/null; }
-
-# node <TAB> address <TAB> role <TAB> in_raft <TAB> is_leader <TAB> leader, per live member.
+# node <TAB> address <TAB> role <TAB> in_raft <TAB> is_leader <TAB> leader, per live member:
+# `rollcall-sidecar members --format tsv`, the binary start.sh built for the images in step 1,
+# with an empty environment so that none of this run's ROLLCALL_* settings changes the read.
+# Nothing when the registry does not answer.
 members_tsv() {
-    local json
-    json="$(members_json)" || return 0
-    printf '%s' "$json" | sed 's/{"node":/\n&/g' | grep '^{"node":' | while IFS= read -r member; do
-        field() { printf '%s' "$member" | grep -o "\"$1\":[^,}]*" | head -n 1 | cut -d: -f2- | tr -d '"'; }
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(field node)" "$(field address)" "$(field role)" \
-            "$(field in_raft)" "$(field is_leader)" "$(field leader)"
-    done
+    env -i "$repo_dir/docker/bin/rollcall-sidecar" --registry "$registry" --cluster default \
+        --request-timeout 3s members --format tsv 2>/dev/null || true
 }
 member_count() { members_tsv | grep -c . || true; }
 server_count() { members_tsv | awk -F'\t' '$3 == "server"' | grep -c . || true; }

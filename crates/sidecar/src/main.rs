@@ -6,7 +6,7 @@ use rollcall_sidecar::exit::{EXIT_CONFIG, EXIT_INTERNAL};
 use tracing::Instrument as _;
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if error.use_stderr() => {
             // A bad flag or variable is a configuration error, with the exit code of one.
@@ -20,6 +20,12 @@ fn main() {
         LogFormat::Text => rollcall_logging::Format::Text,
         LogFormat::Json => rollcall_logging::Format::Json,
     });
+    // `members` only reads the registry and never sends this node's address, so it must not
+    // need one: on a machine whose /etc/hosts has no address for its hostname (a laptop
+    // running start.sh) it works too.
+    if matches!(cli.command, Command::Members(_)) && cli.common.advertise.is_none() {
+        cli.common.advertise = Some(std::net::Ipv4Addr::LOCALHOST.to_string());
+    }
     let agent_args = match &cli.command {
         Command::Run(args) => args.agent_args.clone(),
         _ => Vec::new(),
