@@ -20,7 +20,6 @@ readonly consul_image="${ROLLCALL_CONSUL_IMAGE:-hashicorp/consul:1.20}"
 readonly base_image="debian:bookworm-slim"
 readonly rust_target="x86_64-unknown-linux-gnu"
 readonly binaries=(rollcall-registry rollcall-sidecar)
-readonly max_servers=7 # the registry refuses an `expect` above this
 
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-rollcall}"
 export ROLLCALL_CLUSTER="${ROLLCALL_CLUSTER:-default}"
@@ -38,7 +37,8 @@ usage: bash start.sh [up] [--engine consul|etcd] [--nodes N] [--timeout SECONDS]
   down           remove the containers, the network and the volumes (the raft's data)
 
   --engine       consul (default when hashicorp/consul can be pulled) or etcd
-  --nodes N      raft nodes to run (default 3); up to 7 become servers, the rest agents
+  --nodes N      raft nodes to run (default 3); as many as a claim may ask for become
+                 servers (MAX_EXPECT of `rollcall-registry defaults`), the rest agents
   --timeout S    how long to wait for a healthy raft (default 180)
   --no-browser   do not open a browser
 
@@ -335,12 +335,17 @@ command_up() {
     export ROLLCALL_ENGINE
     export ROLLCALL_NODES="${ROLLCALL_NODES:-3}"
     [[ $ROLLCALL_NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive number"
-    local want_servers=$((ROLLCALL_NODES < max_servers ? ROLLCALL_NODES : max_servers))
-    export ROLLCALL_EXPECT="${ROLLCALL_EXPECT:-$want_servers}"
-    want_servers=$((ROLLCALL_EXPECT < ROLLCALL_NODES ? ROLLCALL_EXPECT : ROLLCALL_NODES))
 
     step "building (engine: $ROLLCALL_ENGINE, compose: ${compose_cmd[*]}, project: $COMPOSE_PROJECT_NAME)"
     build_binaries
+    # Up to the most servers a claim may ask for become servers; the registry just built
+    # says how many that is (`rollcall-registry defaults`).
+    local max_expect want_servers
+    max_expect="$(env -i "$repo_dir/docker/bin/rollcall-registry" defaults MAX_EXPECT)" ||
+        die "docker/bin/rollcall-registry cannot run on this machine"
+    want_servers=$((ROLLCALL_NODES < max_expect ? ROLLCALL_NODES : max_expect))
+    export ROLLCALL_EXPECT="${ROLLCALL_EXPECT:-$want_servers}"
+    want_servers=$((ROLLCALL_EXPECT < ROLLCALL_NODES ? ROLLCALL_EXPECT : ROLLCALL_NODES))
     ensure_base_image
     build_images
 
