@@ -20,7 +20,6 @@ readonly consul_image="${ROLLCALL_CONSUL_IMAGE:-hashicorp/consul:1.20}"
 readonly base_image="debian:bookworm-slim"
 readonly rust_target="x86_64-unknown-linux-gnu"
 readonly binaries=(rollcall-registry rollcall-sidecar)
-readonly max_servers=7 # the registry refuses an `expect` above this
 
 export COMPOSE_PROJECT_NAME="${COMPOSE_PROJECT_NAME:-rollcall}"
 export ROLLCALL_CLUSTER="${ROLLCALL_CLUSTER:-default}"
@@ -38,7 +37,8 @@ usage: bash start.sh [up] [--engine consul|etcd] [--nodes N] [--timeout SECONDS]
   down           remove the containers, the network and the volumes (the raft's data)
 
   --engine       consul (default when hashicorp/consul can be pulled) or etcd
-  --nodes N      raft nodes to run (default 3); up to 7 become servers, the rest agents
+  --nodes N      raft nodes to run (default 3); as many as a claim may ask for become
+                 servers (MAX_EXPECT of `rollcall-registry defaults`), the rest agents
   --timeout S    how long to wait for a healthy raft (default 180)
   --no-browser   do not open a browser
 
@@ -194,27 +194,21 @@ registry_url() {
     printf 'http://%s:%s' "$host" "$ROLLCALL_REGISTRY_PORT"
 }
 
-members_json() {
-    curl -fsS --max-time 3 "$(registry_url)/v1/clusters/$ROLLCALL_CLUSTER/members" 2>/dev/null
-}
-
-# One line per member from the registry's JSON (serde's compact output):
-# node, address, role, in_raft, is_leader, leader.
-members_lines() {
-    sed 's/{"node":/\n&/g' | grep '^{"node":' | while IFS= read -r member; do
-        field() { printf '%s' "$member" | grep -o "\"$1\":[^,}]*" | head -n 1 | cut -d: -f2- | tr -d '"'; }
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(field node)" "$(field address)" "$(field role)" \
-            "$(field in_raft)" "$(field is_leader)" "$(field leader)"
-    done
+# One line per live member, tab-separated: node, address, role, in_raft, is_leader, leader.
+# The sidecar binary built for the images reads the registry's answer with the protocol's
+# own types. It runs with an empty environment: the ROLLCALL_* variables here configure
+# the containers (a ROLLCALL_ROLE would filter this list). Its errors go to members.log.
+members_tsv() {
+    env -i "$repo_dir/docker/bin/rollcall-sidecar" --registry "$(registry_url)" --cluster "$ROLLCALL_CLUSTER" --request-timeout 3s \
+        members --format tsv 2>"$log_dir/members.log"
 }
 
 # Sets members, servers, outside (servers that say they are not in a raft), leaders (how
 # many say they lead) and leader (the leader every server names, empty unless they agree).
 read_state() {
-    local json lines seen
+    local lines seen
     members=0 servers=0 outside=0 leaders=0 leader=""
-    json="$(members_json)" || return 1
-    lines="$(printf '%s' "$json" | members_lines)"
+    lines="$(members_tsv)" || return 1
     [[ -n $lines ]] || return 0
     members=$(printf '%s\n' "$lines" | wc -l)
     servers=$(printf '%s\n' "$lines" | awk -F'\t' '$3 == "server"' | wc -l)
@@ -265,14 +259,13 @@ wait_until_healthy() {
 }
 
 print_state() {
-    local json
-    json="$(members_json)" || die "the registry does not answer at $(registry_url)"
+    local lines
+    lines="$(members_tsv)" || die "the registry does not answer at $(registry_url) ($(tail -n 1 "$log_dir/members.log"))"
     printf '\n%s%-16s %-22s %-7s %-8s %s%s\n' "$bold" NODE ADDRESS ROLE IN-RAFT LEADER "$reset"
-    printf '%s' "$json" | members_lines | while IFS=$'\t' read -r node address role in_raft is_leader seen_leader; do
-        local mark=""
-        [[ $is_leader == true ]] && mark=" (leader)"
-        printf '%-16s %-22s %-7s %-8s %s%s\n' "$node" "$address" "$role" "${in_raft:--}" "${seen_leader:--}" "$mark"
-    done
+    # awk, not `read`: a tab is whitespace to `read`, which would merge empty fields.
+    [[ -z $lines ]] || awk -F'\t' '{
+        printf "%-16s %-22s %-7s %-8s %s%s\n", $1, $2, $3, ($4 == "" ? "-" : $4), ($6 == "" ? "-" : $6), ($5 == "true" ? " (leader)" : "")
+    }' <<<"$lines"
     printf '\n'
     local engine
     engine="$(running_engine)"
@@ -342,12 +335,17 @@ command_up() {
     export ROLLCALL_ENGINE
     export ROLLCALL_NODES="${ROLLCALL_NODES:-3}"
     [[ $ROLLCALL_NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive number"
-    local want_servers=$((ROLLCALL_NODES < max_servers ? ROLLCALL_NODES : max_servers))
-    export ROLLCALL_EXPECT="${ROLLCALL_EXPECT:-$want_servers}"
-    want_servers=$((ROLLCALL_EXPECT < ROLLCALL_NODES ? ROLLCALL_EXPECT : ROLLCALL_NODES))
 
     step "building (engine: $ROLLCALL_ENGINE, compose: ${compose_cmd[*]}, project: $COMPOSE_PROJECT_NAME)"
     build_binaries
+    # Up to the most servers a claim may ask for become servers; the registry just built
+    # says how many that is (`rollcall-registry defaults`).
+    local max_expect want_servers
+    max_expect="$(env -i "$repo_dir/docker/bin/rollcall-registry" defaults MAX_EXPECT)" ||
+        die "docker/bin/rollcall-registry cannot run on this machine"
+    want_servers=$((ROLLCALL_NODES < max_expect ? ROLLCALL_NODES : max_expect))
+    export ROLLCALL_EXPECT="${ROLLCALL_EXPECT:-$want_servers}"
+    want_servers=$((ROLLCALL_EXPECT < ROLLCALL_NODES ? ROLLCALL_EXPECT : ROLLCALL_NODES))
     ensure_base_image
     build_images
 
@@ -363,6 +361,7 @@ command_up() {
 
 command_status() {
     require_docker
+    [[ -x $repo_dir/docker/bin/rollcall-sidecar ]] || die "docker/bin/rollcall-sidecar is missing: 'bash start.sh' builds it"
     print_state
 }
 

@@ -32,9 +32,6 @@ cd "$repo_dir"
 
 engine="${ROLLCALL_E2E_ENGINE:-etcd}"
 slack="${ROLLCALL_E2E_SLACK:-2}"
-# The registry's defaults, passed explicitly so that the bounds below are known.
-interval_s=5
-ttl_s=15
 
 say() { printf '[e2e %4ds] %s\n' "$SECONDS" "$*"; }
 pass() { say "PASS  $*"; }
@@ -73,10 +70,10 @@ export ROLLCALL_IMAGE_TAG="$run_id"
 export ROLLCALL_ENGINE="$engine"
 export ROLLCALL_NODES=3
 export ROLLCALL_EXPECT=3
-export ROLLCALL_INTERVAL="${interval_s}s"
-export ROLLCALL_TTL="${ttl_s}s"
 export ROLLCALL_CLUSTER=default
-unset ROLLCALL_TOKEN ROLLCALL_COMPOSE
+# The registry runs with its own defaults for the TTL and the interval; the bounds below
+# are read from the binary once start.sh has built it.
+unset ROLLCALL_TOKEN ROLLCALL_COMPOSE ROLLCALL_TTL ROLLCALL_INTERVAL ROLLCALL_STARTUP_GRACE ROLLCALL_QUIET_PERIOD
 
 port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for _ in $(seq 1 50); do
@@ -129,17 +126,13 @@ trap 'exit 130' INT TERM
 
 # --- Reading the registry ------------------------------------------------------------------
 
-members_json() { curl -fsS --max-time 3 "$registry/v1/clusters/default/members" 2>/dev/null; }
-
-# node <TAB> address <TAB> role <TAB> in_raft <TAB> is_leader <TAB> leader, per live member.
+# node <TAB> address <TAB> role <TAB> in_raft <TAB> is_leader <TAB> leader, per live member:
+# `rollcall-sidecar members --format tsv`, the binary start.sh built for the images in step 1,
+# with an empty environment so that none of this run's ROLLCALL_* settings changes the read.
+# Nothing when the registry does not answer.
 members_tsv() {
-    local json
-    json="$(members_json)" || return 0
-    printf '%s' "$json" | sed 's/{"node":/\n&/g' | grep '^{"node":' | while IFS= read -r member; do
-        field() { printf '%s' "$member" | grep -o "\"$1\":[^,}]*" | head -n 1 | cut -d: -f2- | tr -d '"'; }
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$(field node)" "$(field address)" "$(field role)" \
-            "$(field in_raft)" "$(field is_leader)" "$(field leader)"
-    done
+    env -i "$repo_dir/docker/bin/rollcall-sidecar" --registry "$registry" --cluster default \
+        --request-timeout 3s members --format tsv 2>/dev/null || true
 }
 member_count() { members_tsv | grep -c . || true; }
 server_count() { members_tsv | awk -F'\t' '$3 == "server"' | grep -c . || true; }
@@ -218,6 +211,16 @@ healthy_raft 3 3 || fail "start.sh returned but the registry does not list 3 ser
 pass "start.sh from nothing to a healthy 3-node raft in ${first_start}s"
 record "start.sh from nothing (images of this run absent, base image and cargo cache present)" "${first_start}s"
 grep -E 'done in|healthy after' "$repo_dir/target/e2e-start-1.log" | sed 's/^ */    /' || true
+
+# The heartbeat interval and the TTL the registry runs with: its defaults, as the binary
+# start.sh built says.
+registry_default() { env -i "$repo_dir/docker/bin/rollcall-registry" defaults "$1"; }
+interval="$(registry_default ROLLCALL_INTERVAL)" || fail "rollcall-registry defaults ROLLCALL_INTERVAL failed"
+ttl="$(registry_default ROLLCALL_TTL)" || fail "rollcall-registry defaults ROLLCALL_TTL failed"
+[[ $interval =~ ^[0-9]+s$ && $ttl =~ ^[0-9]+s$ ]] ||
+    fail "the registry's defaults (interval $interval, TTL $ttl) are not whole seconds, as this test expects"
+interval_s="${interval%s}" ttl_s="${ttl%s}"
+say "    the registry's heartbeat interval is ${interval_s}s and its TTL ${ttl_s}s"
 
 mapfile -t nodes < <(raft_ids)
 [[ ${#nodes[@]} -eq 3 ]] || fail "expected 3 raft containers, found ${#nodes[@]}"

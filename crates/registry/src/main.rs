@@ -1,10 +1,12 @@
-//! The `rollcall-registry` binary: parse flags, start tracing, serve until a signal.
+//! The `rollcall-registry` binary: parse flags, start tracing, serve until a signal. Two
+//! subcommands serve scripts and Docker instead: `healthcheck` asks a running registry, and
+//! `defaults` prints the settings' defaults.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use rollcall_registry::config::{Cli, Command, LogFormat};
-use tracing_subscriber::EnvFilter;
 
 /// Exit codes (BSD sysexits): 0 clean stop, 1 runtime failure, 64 bad configuration; `reset`
 /// also exits 65 when the registry refused it.
@@ -12,7 +14,12 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().subcommand(defaults_command()).get_matches();
+    if let Some(("defaults", args)) = matches.subcommand() {
+        let names: Vec<&String> = args.get_many("name").into_iter().flatten().collect();
+        return print_defaults(&names);
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Some(Command::Healthcheck { url }) => return healthcheck(&url),
         Some(Command::Reset {
@@ -39,7 +46,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_tracing(config.log_format);
+    rollcall_logging::init(match config.log_format {
+        LogFormat::Text => rollcall_logging::Format::Text,
+        LogFormat::Json => rollcall_logging::Format::Json,
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -59,23 +69,6 @@ fn main() -> ExitCode {
             tracing::error!(error = format!("{e:#}"), "rollcall-registry stopped");
             ExitCode::from(EXIT_FAILURE)
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("ROLLCALL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal: `docker logs` and files get plain text, and
-    // NO_COLOR (no-color.org) turns them off anywhere.
-    use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
@@ -109,7 +102,6 @@ fn reset(
     match runtime.block_on(client.reset(cluster, request)) {
         Ok(answer) => {
             // The answer is this command's output, for scripts; stdout holds nothing else.
-            use std::io::Write;
             let json = serde_json::to_string_pretty(&answer).unwrap_or_default();
             if let Err(e) = writeln!(std::io::stdout().lock(), "{json}") {
                 eprintln!("rollcall-registry reset: done, but cannot print the answer: {e}");
@@ -149,5 +141,108 @@ fn healthcheck(url: &str) -> ExitCode {
             eprintln!("unhealthy: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+/// `defaults`: what scripts and operators need to know of the registry's settings without
+/// repeating them. The values come from the flags' own definitions, so they cannot drift.
+fn defaults_command() -> clap::Command {
+    clap::Command::new("defaults")
+        .about(
+            "Prints each setting's default as NAME=VALUE lines (an env file), then MAX_EXPECT, \
+             the most servers a claim may ask for; with NAMEs, only their values, one a line",
+        )
+        .arg(
+            clap::Arg::new("name")
+                .value_name("NAME")
+                .num_args(0..)
+                .help("Print only these values (for example ROLLCALL_INTERVAL)"),
+        )
+}
+
+/// Every setting with a fixed default, by its environment variable, then the protocol's
+/// limit on `expect`. Settings whose default is derived from others (the startup grace and
+/// the quiet period) or that have none (tokens, TLS) are left out.
+fn defaults() -> Vec<(String, String)> {
+    let mut defaults: Vec<(String, String)> = Cli::command()
+        .get_arguments()
+        .filter_map(|arg| {
+            let variable = arg.get_env()?.to_str()?;
+            let values = arg.get_default_values();
+            if values.is_empty() {
+                return None;
+            }
+            let values: Vec<_> = values.iter().map(|v| v.to_string_lossy()).collect();
+            Some((variable.to_string(), values.join(",")))
+        })
+        .collect();
+    defaults.push((
+        "MAX_EXPECT".to_string(),
+        rollcall_protocol::validate::MAX_EXPECT.to_string(),
+    ));
+    defaults
+}
+
+fn print_defaults(names: &[&String]) -> ExitCode {
+    let defaults = defaults();
+    let mut lines = Vec::new();
+    if names.is_empty() {
+        lines.extend(
+            defaults
+                .iter()
+                .map(|(name, value)| format!("{name}={value}")),
+        );
+    }
+    for name in names {
+        match defaults.iter().find(|(known, _)| known == *name) {
+            Some((_, value)) => lines.push(value.clone()),
+            None => {
+                eprintln!("rollcall-registry defaults: {name} has no fixed default");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    for line in lines {
+        if writeln!(stdout, "{line}").is_err() {
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn default_of(name: &str) -> String {
+        let defaults = defaults();
+        let found = defaults.iter().find(|(known, _)| known == name);
+        found.map(|(_, value)| value.clone()).unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults_are_the_values_the_registry_runs_with() {
+        let config = Cli::try_parse_from(["rollcall-registry"])
+            .expect("no flags")
+            .serve
+            .validate()
+            .expect("the defaults are valid");
+        let parse = |name| humantime::parse_duration(&default_of(name)).expect(name);
+        assert_eq!(parse("ROLLCALL_TTL"), config.timing.ttl);
+        assert_eq!(parse("ROLLCALL_INTERVAL"), config.timing.interval);
+        assert_eq!(default_of("ROLLCALL_LISTEN"), config.listen.to_string());
+        assert_eq!(default_of("ROLLCALL_LOG_FORMAT"), "text");
+        assert_eq!(
+            default_of("ROLLCALL_CACHE_BYTES"),
+            config.cache_bytes.to_string()
+        );
+        assert_eq!(
+            default_of("MAX_EXPECT"),
+            rollcall_protocol::validate::MAX_EXPECT.to_string()
+        );
+        assert_eq!(default_of("ROLLCALL_TOKEN"), "", "no default, not listed");
     }
 }

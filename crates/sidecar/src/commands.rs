@@ -5,10 +5,10 @@
 
 use std::io::Write;
 
-use rollcall_protocol::MemberRole;
+use rollcall_protocol::{Member, MemberRole};
 use tracing::{info, warn};
 
-use crate::config::Settings;
+use crate::config::{MembersFormat, Settings};
 use crate::engine::{Engine, Health};
 use crate::exit::{
     exit_for_registry_error, Exit, EXIT_AGENT_NOT_RUNNING, EXIT_CONFIG, EXIT_INTERNAL, EXIT_OK,
@@ -54,40 +54,80 @@ pub async fn heartbeat(settings: Settings, role: MemberRole) -> Result<i32, Exit
     Ok(EXIT_OK)
 }
 
-/// `members`: the cluster's join targets, one `host:port` a line. With `follow`, it keeps
-/// going: a blocking read per round, and the list again after an empty line each time the
-/// addresses change. It ends on a signal or when the registry cannot be reached.
+/// `members`: the cluster's join targets, one `host:port` a line, or with
+/// [`MembersFormat::Tsv`] one member a line ([`tsv_line`]). With `follow`, it keeps going:
+/// a blocking read per round, and the list again after an empty line each time what it
+/// prints changes. It ends on a signal or when the registry cannot be reached.
 pub async fn members(
     settings: Settings,
     role: Option<MemberRole>,
+    format: MembersFormat,
     follow: Option<std::time::Duration>,
 ) -> Result<i32, Exit> {
     let registry = RegistryLink::new(&settings)?;
-    let targets = registry
-        .client()
-        .join_targets(registry.cluster(), role)
-        .await
-        .map_err(|e| exit_for_registry_error(&e))?;
-    print_lines(targets.addresses.iter().map(String::as_str))?;
+    let client = registry.client();
+    let cluster = registry.cluster();
+    let (mut index, mut shown) = match format {
+        MembersFormat::Addresses => {
+            let targets = client
+                .join_targets(cluster, role)
+                .await
+                .map_err(|e| exit_for_registry_error(&e))?;
+            (targets.index, targets.addresses)
+        }
+        MembersFormat::Tsv => {
+            let answer = client
+                .members(cluster, role)
+                .await
+                .map_err(|e| exit_for_registry_error(&e))?;
+            (answer.index, member_lines(format, &answer.members))
+        }
+    };
+    print_lines(shown.iter().map(String::as_str))?;
     let Some(wait) = follow else {
         return Ok(EXIT_OK);
     };
-    let mut index = targets.index;
-    let mut shown = targets.addresses;
     loop {
-        let answer = registry
-            .client()
-            .watch_members(registry.cluster(), role, index, wait)
+        let answer = client
+            .watch_members(cluster, role, index, wait)
             .await
             .map_err(|e| exit_for_registry_error(&e))?;
         index = answer.index;
-        let addresses: Vec<String> = answer.members.into_iter().map(|m| m.address).collect();
-        if addresses != shown {
-            info!(index, members = addresses.len(), "the join targets changed");
-            print_lines(std::iter::once("").chain(addresses.iter().map(String::as_str)))?;
-            shown = addresses;
+        let lines = member_lines(format, &answer.members);
+        if lines != shown {
+            info!(index, members = lines.len(), "the members listed changed");
+            print_lines(std::iter::once("").chain(lines.iter().map(String::as_str)))?;
+            shown = lines;
         }
     }
+}
+
+/// What `members` prints for these members, one line each.
+fn member_lines(format: MembersFormat, members: &[Member]) -> Vec<String> {
+    match format {
+        MembersFormat::Addresses => members.iter().map(|m| m.address.clone()).collect(),
+        MembersFormat::Tsv => members.iter().map(tsv_line).collect(),
+    }
+}
+
+/// One member for scripts, tab-separated: node, address, role, in_raft, is_leader, leader.
+/// A status field the agent did not report is empty. Names and addresses are validated by
+/// the registry, but the leader is the agent's own word: a tab or a line break in it would
+/// shift the columns, so each becomes a space.
+pub fn tsv_line(member: &Member) -> String {
+    let status = &member.status;
+    let known = |flag: Option<bool>| flag.map(|b| b.to_string()).unwrap_or_default();
+    let fields = [
+        member.node.clone(),
+        member.address.clone(),
+        member.role.as_str().to_string(),
+        known(status.in_raft),
+        known(status.is_leader),
+        status.leader.clone().unwrap_or_default(),
+    ];
+    fields
+        .map(|field| field.replace(['\t', '\n', '\r'], " "))
+        .join("\t")
 }
 
 /// `claim`: the granted role on the first line, then one join target a line. Like `run`,
@@ -114,4 +154,61 @@ fn print_lines<'a>(lines: impl Iterator<Item = &'a str>) -> Result<(), Exit> {
     stdout
         .flush()
         .map_err(|e| Exit::new(EXIT_INTERNAL, format!("cannot write to stdout: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use rollcall_protocol::AgentStatus;
+
+    use super::*;
+
+    fn member(status: AgentStatus) -> Member {
+        Member {
+            node: "node-1".into(),
+            address: "10.0.0.1:2379".into(),
+            role: MemberRole::Server,
+            status,
+            meta: Default::default(),
+            age_ms: 10,
+            expires_in_ms: 14_990,
+        }
+    }
+
+    #[test]
+    fn tsv_lines_give_six_fields_and_leave_what_the_agent_did_not_say_empty() {
+        let leading = AgentStatus {
+            in_raft: Some(true),
+            leader: Some("node-1".into()),
+            peers: Some(3),
+            is_leader: Some(true),
+        };
+        for (status, line) in [
+            (leading, "node-1\t10.0.0.1:2379\tserver\ttrue\ttrue\tnode-1"),
+            (
+                AgentStatus::default(),
+                "node-1\t10.0.0.1:2379\tserver\t\t\t",
+            ),
+            (
+                AgentStatus {
+                    in_raft: Some(false),
+                    leader: Some("a\tb\nc".into()),
+                    ..AgentStatus::default()
+                },
+                "node-1\t10.0.0.1:2379\tserver\tfalse\t\ta b c",
+            ),
+        ] {
+            let printed = tsv_line(&member(status));
+            assert_eq!(printed, line);
+            assert_eq!(printed.split('\t').count(), 6);
+        }
+    }
+
+    #[test]
+    fn the_addresses_format_prints_the_join_address_alone() {
+        let members = [member(AgentStatus::default())];
+        assert_eq!(
+            member_lines(MembersFormat::Addresses, &members),
+            ["10.0.0.1:2379"]
+        );
+    }
 }

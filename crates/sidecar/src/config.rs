@@ -53,7 +53,8 @@ pub enum Command {
     Run(RunArgs),
     /// Send one heartbeat for an agent that runs elsewhere (0 sent, 255 agent not running).
     Heartbeat(HeartbeatArgs),
-    /// Print the cluster's join targets, one `host:port` a line.
+    /// Print the cluster's join targets, one `host:port` a line (or, with `--format tsv`, one
+    /// member a line with what the registry knows of it).
     Members(MembersArgs),
     /// Print the role the registry gives this node, then its join targets.
     Claim,
@@ -83,9 +84,23 @@ pub struct MembersArgs {
     /// time they change, using the registry's blocking reads.
     #[arg(long)]
     pub follow: bool,
+    /// What to print for each member: `addresses` (one `host:port` a line) or `tsv` (one
+    /// member a line, for scripts: node, address, role, in_raft, is_leader, leader).
+    #[arg(long, value_enum, default_value_t = MembersFormat::Addresses)]
+    pub format: MembersFormat,
     /// With --follow: how long one blocking read may wait.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
     pub wait: Duration,
+}
+
+/// What `members` prints for each member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MembersFormat {
+    /// The join address, `host:port`.
+    Addresses,
+    /// Tab-separated: node, address, role, in_raft, is_leader, leader (what the member's
+    /// agent says; a field is empty when it did not say).
+    Tsv,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

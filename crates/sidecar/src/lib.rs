@@ -28,6 +28,7 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<i32, Exit>
             commands::members(
                 settings,
                 args.role.map(Into::into),
+                args.format,
                 args.follow.then_some(args.wait),
             )
             .await

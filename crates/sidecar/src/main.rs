@@ -1,16 +1,12 @@
 //! `rollcall-sidecar`: parse the configuration, start logging, run, exit with the code.
 
-use std::ffi::OsStr;
-use std::io::IsTerminal as _;
-
 use clap::Parser as _;
 use rollcall_sidecar::config::{Cli, Command, LogFormat, Settings};
 use rollcall_sidecar::exit::{EXIT_CONFIG, EXIT_INTERNAL};
 use tracing::Instrument as _;
-use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) if error.use_stderr() => {
             // A bad flag or variable is a configuration error, with the exit code of one.
@@ -20,7 +16,16 @@ fn main() {
         // --help and --version.
         Err(error) => error.exit(),
     };
-    init_tracing(cli.common.log_format);
+    rollcall_logging::init(match cli.common.log_format {
+        LogFormat::Text => rollcall_logging::Format::Text,
+        LogFormat::Json => rollcall_logging::Format::Json,
+    });
+    // `members` only reads the registry and never sends this node's address, so it must not
+    // need one: on a machine whose /etc/hosts has no address for its hostname (a laptop
+    // running start.sh) it works too.
+    if matches!(cli.command, Command::Members(_)) && cli.common.advertise.is_none() {
+        cli.common.advertise = Some(std::net::Ipv4Addr::LOCALHOST.to_string());
+    }
     let agent_args = match &cli.command {
         Command::Run(args) => args.agent_args.clone(),
         _ => Vec::new(),
@@ -63,57 +68,4 @@ fn main() {
     // Background tasks (the reaper) must not keep the process alive.
     runtime.shutdown_background();
     std::process::exit(code);
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("ROLLCALL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = use_colours(
-        std::io::stderr().is_terminal(),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Colour escape codes only for a person at a terminal: `docker logs` and log files get
-/// plain text, and `NO_COLOR` set to anything but the empty string turns colours off
-/// (<https://no-color.org>).
-fn use_colours(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
-    let no_color_set = match no_color {
-        Some(value) => !value.is_empty(),
-        None => false,
-    };
-    stderr_is_terminal && !no_color_set
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn colours_only_on_a_terminal_and_never_with_no_color() {
-        let set = Some(OsStr::new("1"));
-        let empty = Some(OsStr::new(""));
-        // (stderr is a terminal, NO_COLOR, colours)
-        for (terminal, no_color, colours) in [
-            (true, None, true),
-            (true, empty, true),
-            (true, set, false),
-            (false, None, false),
-            (false, empty, false),
-            (false, set, false),
-        ] {
-            assert_eq!(
-                use_colours(terminal, no_color),
-                colours,
-                "terminal {terminal}, NO_COLOR {no_color:?}"
-            );
-        }
-    }
 }

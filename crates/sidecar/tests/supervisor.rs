@@ -264,6 +264,26 @@ async fn one_shot_commands_print_answers_and_exit_with_documented_codes() {
         format!("{hb_address}\n")
     );
 
+    // members --format tsv: one member a line for scripts; the exec agent reports no raft
+    // status, so those three fields are empty. It needs no address of its own: a machine
+    // with no address for its hostname in /etc/hosts runs it too.
+    let output = std::process::Command::new(sidecar_bin())
+        .args(["--registry", &registry.url(), "--cluster", "one-shot"])
+        .args(["--node", "reader", "members", "--format", "tsv"])
+        .env_remove("ROLLCALL_ADVERTISE")
+        .output()
+        .expect("run members --format tsv");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!("hb\t{hb_address}\tserver\t\t\t\n")
+    );
+
     // claim: the role first, then the join targets. The registry's startup grace is over
     // by now (the heartbeats above came after /health answered).
     let output = poll_until(

@@ -7,12 +7,9 @@ use std::net::SocketAddr;
 
 use axum::body::Bytes;
 use axum::http::header;
-use axum::response::IntoResponse;
 use axum::Router;
 use clap::Parser;
-
-/// The answer: about the size of the registry's heartbeat response.
-const BODY: &str = r#"{"cluster":"ceiling","node":"ceiling","registered":false,"ttl_ms":15000,"interval_ms":5000}"#;
+use rollcall_protocol::HeartbeatResponse;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,14 +22,20 @@ struct Cli {
     listen: SocketAddr,
 }
 
-async fn answer(_body: Bytes) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], BODY)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let app = Router::new().fallback(answer);
+    // The answer: a heartbeat response like the registry's, serialised once.
+    let body = Bytes::from(serde_json::to_vec(&HeartbeatResponse {
+        cluster: "ceiling".into(),
+        node: "ceiling".into(),
+        registered: false,
+        ttl_ms: 15_000,
+        interval_ms: 5_000,
+    })?);
+    let app = Router::new().fallback(move |_request_body: Bytes| {
+        std::future::ready(([(header::CONTENT_TYPE, "application/json")], body.clone()))
+    });
     let listener = tokio::net::TcpListener::bind(cli.listen).await?;
     axum::serve(listener, app).await?;
     Ok(())
