@@ -292,6 +292,45 @@ print_state() {
 
 first_node() { compose ps -q raft 2>/dev/null | head -n 1 | cut -c1-12; }
 
+# One variable of a container's environment (Docker's own list, one NAME=VALUE a line).
+container_env() {
+    docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$1" | sed -n "s/^$2=//p"
+}
+
+# A raft whose engine or size changes is replaced, not reconfigured: Compose recreates its
+# containers and their data goes with them. The registry remembers that raft and refuses new
+# nodes (reset_required) until an operator resets the cluster, so start.sh, which is making
+# that decision for the operator, removes the old nodes and resets the cluster, and says so.
+# The same when the registry remembers a raft of which no container is left.
+reset_if_replacing() {
+    local registry_id ids first engine expect generation reason=""
+    registry_id="$(compose ps -q bootstrap 2>/dev/null | head -n 1)"
+    [[ -n $registry_id ]] || return 0
+    ids="$(compose ps -q raft 2>/dev/null)"
+    if [[ -n $ids ]]; then
+        first="$(printf '%s\n' "$ids" | head -n 1)"
+        engine="$(container_env "$first" ROLLCALL_ENGINE)"
+        expect="$(container_env "$first" ROLLCALL_EXPECT)"
+        [[ $engine == "$ROLLCALL_ENGINE" && $expect == "$ROLLCALL_EXPECT" ]] && return 0
+        reason="start.sh replaced the $engine raft (expect ${expect:-?}) with a $ROLLCALL_ENGINE raft (expect $ROLLCALL_EXPECT)"
+        step "replacing the running raft: $engine (expect ${expect:-?}) -> $ROLLCALL_ENGINE (expect $ROLLCALL_EXPECT); its nodes and their data are removed"
+        run_logged "remove the old raft" rm-raft.log compose rm --force --stop -v raft
+    fi
+    generation="$(docker exec "$registry_id" rollcall-registry generation "$ROLLCALL_CLUSTER")" ||
+        die "cannot ask the registry for cluster $ROLLCALL_CLUSTER's generation"
+    ((generation > 0)) || return 0
+    reason="${reason:-start.sh started new raft nodes; no container of generation $generation was left}"
+    step "resetting cluster $ROLLCALL_CLUSTER (generation $generation) in the registry: $reason"
+    # Nodes that were stopped leave the registry at once; one that did not leaves within a TTL.
+    local deadline=$((SECONDS + 60)) said
+    until said="$(docker exec "$registry_id" rollcall-registry reset "$ROLLCALL_CLUSTER" \
+        --generation "$generation" --reason "$reason" 2>&1)"; do
+        ((SECONDS < deadline)) || die "the registry refused the reset for 60s: $said"
+        sleep 2
+    done
+    note "reset: the next node bootstraps generation $((generation + 1))"
+}
+
 published_port() {
     compose port --index=1 raft "$1" 2>/dev/null | sed 's/.*://'
 }
@@ -348,6 +387,8 @@ command_up() {
     want_servers=$((ROLLCALL_EXPECT < ROLLCALL_NODES ? ROLLCALL_EXPECT : ROLLCALL_NODES))
     ensure_base_image
     build_images
+
+    reset_if_replacing
 
     step "starting the registry and $ROLLCALL_NODES $ROLLCALL_ENGINE nodes"
     run_logged "compose up" up.log compose up -d --no-build --remove-orphans --scale raft="$ROLLCALL_NODES"

@@ -12,6 +12,8 @@
 //!
 //! Every workload runs twice: closed loop (throughput), then at a fixed rate of
 //! `rate_fraction` × that throughput (latency without coordinated omission).
+//!
+//! Long on purpose: the phases share their servers and their report, and read best in order.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

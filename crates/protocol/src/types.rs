@@ -3,6 +3,9 @@
 //! Durations travel as whole milliseconds in fields ending `_ms`, so that every client can
 //! read them without a duration parser. Unknown fields are refused on requests: a typo in
 //! a field name is an error, not a silently ignored setting.
+//!
+//! Longer than most files here on purpose: it is the whole wire format, one type per body,
+//! so that a reader (and a reviewer of a change to the API) finds every body in one place.
 
 use std::collections::BTreeMap;
 

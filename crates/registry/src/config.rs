@@ -56,6 +56,19 @@ pub enum Command {
         )]
         url: String,
     },
+    /// Prints a cluster's current generation (its known raft's, else its last grant's, else 0):
+    /// the number `reset --generation` needs. Exits 1 when the registry cannot be asked.
+    Generation {
+        /// The cluster.
+        cluster: String,
+        /// The registry to ask.
+        #[arg(
+            long,
+            env = "ROLLCALL_RESET_URL",
+            default_value = "http://127.0.0.1:7400"
+        )]
+        url: String,
+    },
     /// Resets a cluster whose raft is gone for good, so that its next claim bootstraps a new
     /// raft (generation + 1). Refused unless GENERATION is the cluster's current one, and while
     /// live members are not named in --force. Prints the registry's answer as JSON.

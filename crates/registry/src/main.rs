@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Some(Command::Healthcheck { url }) => return healthcheck(&url),
+        Some(Command::Generation { cluster, url }) => return generation(&url, &cluster),
         Some(Command::Reset {
             cluster,
             generation,
@@ -72,6 +73,47 @@ fn main() -> ExitCode {
     }
 }
 
+/// A current-thread runtime and a client for the one-request subcommands.
+fn one_request(
+    url: &str,
+    token: Option<String>,
+    name: &str,
+) -> Option<(tokio::runtime::Runtime, rollcall_protocol::RegistryClient)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("rollcall-registry {name}: cannot start the async runtime: {e}"))
+        .ok()?;
+    let client = rollcall_protocol::RegistryClient::new(url, token)
+        .map_err(|e| eprintln!("rollcall-registry {name}: {e}"))
+        .ok()?;
+    Some((runtime, client))
+}
+
+/// `rollcall-registry generation`: the cluster's current generation, a number on stdout (0 for a
+/// cluster the registry does not know).
+fn generation(url: &str, cluster: &str) -> ExitCode {
+    let Some((runtime, client)) = one_request(url, None, "generation") else {
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    let generation = match runtime.block_on(client.cluster(cluster)) {
+        Ok(detail) => detail
+            .raft
+            .map(|r| r.generation)
+            .or(detail.bootstrap.map(|b| b.generation))
+            .unwrap_or(0),
+        Err(rollcall_protocol::ClientError::Api { status: 404, .. }) => 0,
+        Err(e) => {
+            eprintln!("rollcall-registry generation: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match writeln!(std::io::stdout().lock(), "{generation}") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(EXIT_FAILURE),
+    }
+}
+
 /// Exit code of `reset` when the registry refused it (sysexits `EX_DATAERR`).
 const EXIT_REFUSED: u8 = 65;
 
@@ -82,22 +124,8 @@ fn reset(
     cluster: &str,
     request: &rollcall_protocol::ResetRequest,
 ) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rollcall-registry reset: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let client = match rollcall_protocol::RegistryClient::new(url, token) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("rollcall-registry reset: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let Some((runtime, client)) = one_request(url, token, "reset") else {
+        return ExitCode::from(EXIT_FAILURE);
     };
     match runtime.block_on(client.reset(cluster, request)) {
         Ok(answer) => {

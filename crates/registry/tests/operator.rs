@@ -429,6 +429,12 @@ async fn the_reset_subcommand_resets_a_cluster_and_says_when_it_refuses() {
             .output()
             .expect("run rollcall-registry reset")
     };
+    let generation = std::process::Command::new(env!("CARGO_BIN_EXE_rollcall-registry"))
+        .args(["generation", "ops", "--url", &reg.url()])
+        .output()
+        .expect("run rollcall-registry generation");
+    assert_eq!(generation.status.code(), Some(0), "{generation:?}");
+    assert_eq!(String::from_utf8_lossy(&generation.stdout).trim(), "1");
     let refused = reset(&[]);
     assert_eq!(refused.status.code(), Some(65), "{refused:?}");
     let said = String::from_utf8_lossy(&refused.stderr);

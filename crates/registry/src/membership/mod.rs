@@ -305,13 +305,7 @@ impl Membership {
         self.store.put_history(cluster, &history)?;
         if let Some(entry) = st.remove_entry(cluster, node, now) {
             st.expiry.remove(entry.filed);
-            tracing::info!(
-                cluster,
-                node,
-                was_member = entry.member.is_some(),
-                claim = entry.claim_name(),
-                "member left; its claim, if any, is released"
-            );
+            entry.log_removed(cluster, node, "member left; its claim, if any, is released");
             metrics::counter!("rollcall_leaves_total").increment(1);
         }
         self.publish(st);

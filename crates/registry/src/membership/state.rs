@@ -127,6 +127,17 @@ impl NodeEntry {
         self.deadline(ttl) > now
     }
 
+    /// Logs that the entry was removed, and why.
+    pub fn log_removed(&self, cluster: &str, node: &str, why: &str) {
+        tracing::info!(
+            cluster,
+            node,
+            was_member = self.member.is_some(),
+            claim = self.claim_name(),
+            "{why}"
+        );
+    }
+
     /// The role of its claim for a log line, `none` without one.
     pub fn claim_name(&self) -> &'static str {
         self.claim.as_ref().map_or("none", |c| c.role.as_str())
@@ -390,12 +401,10 @@ impl State {
                 }
                 n_expired += 1;
                 metrics::counter!("rollcall_expiries_total").increment(1);
-                tracing::info!(
-                    cluster,
-                    node,
-                    was_member = entry.member.is_some(),
-                    claim = entry.claim_name(),
-                    "expired: no heartbeat or claim within the TTL"
+                entry.log_removed(
+                    &cluster,
+                    &node,
+                    "expired: no heartbeat or claim within the TTL",
                 );
             }
         }

@@ -6,6 +6,9 @@
 //! has to be made here, with a new [`RECORD_VERSION`] and a conversion of the old one. Each value
 //! is a JSON object with a version field `v`; `tests::records_of_format_1_still_load` pins the
 //! bytes that format 1 wrote.
+//!
+//! Long on purpose: the whole disk format (every stored type and its conversions) is read and
+//! reviewed as one thing.
 
 use std::collections::BTreeMap;
 

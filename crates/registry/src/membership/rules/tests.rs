@@ -1,5 +1,7 @@
 //! Table tests of [`decide`]: every rule, every refusal, and the order in which they apply.
 //! No sockets, no sleeps: the inputs are the whole story.
+//!
+//! Long on purpose: one table case per situation, each a few lines, read as a whole.
 
 use std::time::Duration;
 
