@@ -243,6 +243,14 @@ impl Membership {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The lock, after noticing a freeze (so that a read right after one does not show members
+    /// as expired that the next decision would keep).
+    fn observed_lock(&self, now: Instant) -> MutexGuard<'_, State> {
+        let mut st = self.lock();
+        self.observe(&mut st, now);
+        st
+    }
+
     /// Releases the lock and wakes whoever waits for a change, if anything changed.
     fn publish(&self, st: MutexGuard<'_, State>) {
         let events = st.events;
@@ -313,5 +321,7 @@ impl Membership {
     }
 }
 
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

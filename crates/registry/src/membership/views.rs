@@ -17,7 +17,7 @@ impl Membership {
     /// Live members of `cluster`, freshest first, optionally of one role.
     pub fn members(&self, cluster: &str, role: Option<MemberRole>) -> MembersResponse {
         let now = Instant::now();
-        let st = self.lock();
+        let st = self.observed_lock(now);
         let (index, members) = match st.clusters.get(cluster) {
             Some(cs) => (cs.index, cs.live_members(st.ttl, now, role)),
             None => (0, Vec::new()),
@@ -32,7 +32,7 @@ impl Membership {
     /// One live member.
     pub fn member(&self, cluster: &str, node: &str) -> Option<Member> {
         let now = Instant::now();
-        let st = self.lock();
+        let st = self.observed_lock(now);
         let entry = st.entry(cluster, node)?;
         if !entry.is_live(st.ttl, now) {
             return None;
@@ -46,7 +46,7 @@ impl Membership {
     /// Every cluster with something live or a standing grant.
     pub fn clusters(&self) -> Vec<ClusterSummary> {
         let now = Instant::now();
-        let st = self.lock();
+        let st = self.observed_lock(now);
         let mut out: Vec<ClusterSummary> = st
             .clusters
             .iter()
@@ -59,7 +59,7 @@ impl Membership {
     /// Members, claims and the grant of one cluster.
     pub fn cluster_detail(&self, cluster: &str) -> Option<ClusterDetail> {
         let now = Instant::now();
-        let st = self.lock();
+        let st = self.observed_lock(now);
         let ttl = st.ttl;
         let cs = st.clusters.get(cluster)?;
         let mut claims: Vec<ClaimSummary> = cs
