@@ -63,7 +63,19 @@ pub fn live(membership: &Membership) -> Markup {
         .filter_map(|c| membership.cluster_detail(&c.cluster))
         .collect();
     let decisions = membership.recent_decisions();
+    let alarms: Vec<&DecisionRecord> = decisions
+        .iter()
+        .filter(|d| d.outcome == "wrong_raft")
+        .collect();
     html! {
+        @if !alarms.is_empty() {
+            section.alarm {
+                h2 { "Another raft under a cluster's name" }
+                @for a in &alarms {
+                    p { "Cluster " strong { (a.cluster) } ", node " strong { (a.node) } ": " (a.reason) }
+                }
+            }
+        }
         @if details.is_empty() {
             section.empty {
                 h2 { "No cluster has registered yet" }
@@ -93,6 +105,18 @@ fn cluster(d: &ClusterDetail) -> Markup {
                         @if !b.live { " · grant released" }
                     }
                 }
+                " "
+                @match &d.raft {
+                    Some(r) => span.pill.boot title="once a raft is known, only an operator's reset lets a new one start" {
+                        "raft known: generation " (r.generation)
+                        @if let Some(e) = r.expect { ", size " (e) }
+                    },
+                    None => span.pill title="no member has heartbeated since the last grant" { "raft not known yet" },
+                }
+            }
+            @if let Some(r) = &d.last_reset {
+                p.reset { "Reset by an operator: generation " (r.from_generation) " (" (r.reason) ")"
+                    @if !r.forced.is_empty() { ", forgetting " (r.forced.join(", ")) } }
             }
             @if d.members.is_empty() {
                 p.none { "No live member. " (d.claims.len()) " live claim(s)." }
@@ -184,6 +208,11 @@ pre { background:#f0f3f6; padding:10px; border-radius:6px; overflow-x:auto; }
 .outcome { border-radius:4px; padding:0 6px; font-size:12px; background:#eef2f7; }
 .outcome.bootstrap { background:#e8f0fe; color:var(--accent); } .outcome.server { background:#e6f4ec; color:var(--ok); }
 .outcome.not_ready { background:#fdf3e1; color:var(--warn); }
+.outcome.wrong_raft, .outcome.reset_required, .outcome.address_conflict, .outcome.expect_conflict { background:#fde8e8; color:#b3261e; font-weight:600; }
+.outcome.reset { background:#fde8e8; color:#b3261e; }
+p.reset { color:#b3261e; font-size:13px; }
+section.alarm { border:2px solid #b3261e; border-radius:8px; padding:8px 16px; background:#fff5f5; }
+section.alarm h2 { color:#b3261e; }
 footer { padding: 8px 16px 24px; } footer a { color: var(--accent); }
 .conn { float:right; }
 @media (max-width: 600px) { body { font-size:14px; } section { padding:10px; border-radius:0; margin:10px -16px; } }

@@ -5,7 +5,10 @@
 //! `http_requests_total{method,route,status}`, `http_request_duration_seconds{method,route}`,
 //! `heartbeats_total{result=registered|renewed}`, `claims_total{result=bootstrap|server|agent|not_ready}`,
 //! `expiries_total`, `leaves_total`, `live_members{cluster}`, `storage_flush_seconds`,
-//! `storage_flush_batch_size`.
+//! `storage_flush_batch_size`, and for "one raft per cluster": `claims_total` also counts
+//! `result=reset_required|address_conflict|expect_conflict|wrong_raft`, `wrong_raft_total`
+//! (heartbeats from another raft), `resets_total` (operators' resets), `freezes_total` (times
+//! the registry found it had not run for more than 2 s).
 
 use std::sync::OnceLock;
 use std::time::Instant;
