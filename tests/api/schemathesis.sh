@@ -18,7 +18,13 @@ token="schemathesis-$RANDOM$RANDOM"
 ROLLCALL_TOKEN="$token" ./target/debug/rollcall-registry --listen "127.0.0.1:$port" --data-dir "$data" \
   --max-watch-wait 1s --ttl 5s --interval 1s --startup-grace 1s --quiet-period 1s >"$log" 2>&1 &
 pid=$!
-cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$data" "$log"; }
+cleanup() {
+  status=$?
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  # A failing run shows what the registry itself said went wrong.
+  if [ "$status" -ne 0 ]; then grep -E 'ERROR|WARN.*panic' "$log" | tail -n 20 >&2 || true; fi
+  rm -rf "$data" "$log"
+}
 trap cleanup EXIT
 for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break

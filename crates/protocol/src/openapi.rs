@@ -67,3 +67,12 @@ pub fn leader_schema() -> Object {
     schema.schema_type = SchemaType::from_iter([Type::String, Type::Null]);
     schema
 }
+
+/// A list of node names, at most `max` of them.
+pub fn name_list_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(name_schema())
+        .max_items(Some(crate::validate::MAX_FORCED_NODES))
+        .description(Some("node names"))
+        .build()
+}

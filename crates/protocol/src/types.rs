@@ -180,6 +180,7 @@ pub struct RaftIdentity {
         feature = "openapi",
         schema(minimum = 0, maximum = 9007199254740991_i64)
     )]
+    #[serde(deserialize_with = "crate::types::integral::generation")]
     pub generation: u64,
     /// 16 lowercase hexadecimal digits.
     #[cfg_attr(feature = "openapi", schema(pattern = "^[0-9a-f]{16}$"))]
@@ -188,6 +189,7 @@ pub struct RaftIdentity {
 
 impl RaftIdentity {
     pub fn validate(&self) -> Result<(), ValidationError> {
+        validate::validate_generation(self.generation)?;
         let hex = self.nonce.len() == 16
             && self
                 .nonce
@@ -446,11 +448,12 @@ pub struct ResetRequest {
         feature = "openapi",
         schema(minimum = 0, maximum = 9007199254740991_i64)
     )]
+    #[serde(deserialize_with = "crate::types::integral::generation")]
     pub generation: u64,
     /// Live members or claimants to forget although they are live; the reset refuses while any
     /// live one is not named here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[cfg_attr(feature = "openapi", schema(max_items = 10000))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::name_list_schema))]
     pub force: Vec<String>,
     /// Why, for the log and the dashboard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -460,6 +463,13 @@ pub struct ResetRequest {
 
 impl ResetRequest {
     pub fn validate(&self) -> Result<(), ValidationError> {
+        validate::validate_generation(self.generation)?;
+        if self.force.len() > validate::MAX_FORCED_NODES {
+            return Err(ValidationError::new(
+                crate::ErrorCode::InvalidBody,
+                format!("force names at most {} nodes", validate::MAX_FORCED_NODES),
+            ));
+        }
         for node in &self.force {
             validate::validate_name(NameKind::Node, node)?;
         }
@@ -529,6 +539,38 @@ pub(crate) mod integral {
 
     pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         d.deserialize_any(U32)
+    }
+
+    /// A generation: a whole number up to 2^53 - 1 (what every JSON reader holds exactly).
+    struct Generation;
+
+    impl Visitor<'_> for Generation {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "a whole number from 0 to {}",
+                crate::validate::MAX_GENERATION
+            )
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<u64, E> {
+            let max = crate::validate::MAX_GENERATION as f64;
+            if v.fract() == 0.0 && (0.0..=max).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    pub fn generation<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(Generation)
     }
 
     pub fn option_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {

@@ -25,6 +25,11 @@ pub const MAX_METADATA_VALUE_LEN: usize = 256;
 pub const MAX_EXPECT: u32 = 7;
 /// Longest string in an agent's status (the leader it reports).
 pub const MAX_STATUS_STRING_LEN: usize = 259;
+/// The most live members a reset may name in `force` (so that the longest list fits in the
+/// default body limit; a cluster with more live members stops some before a reset).
+pub const MAX_FORCED_NODES: usize = 500;
+/// The largest generation on the wire: JSON numbers are exact up to 2^53 - 1.
+pub const MAX_GENERATION: u64 = 9_007_199_254_740_991;
 
 // The patterns below are the single source of truth: the validators match them, and the
 // registry's OpenAPI document publishes them (a test checks the two are the same), so a client
@@ -259,6 +264,17 @@ pub fn validate_expect(expect: u32) -> Result<(), ValidationError> {
             format!("expect is {expect}; it must be from 1 to {MAX_EXPECT}"),
         ))
     }
+}
+
+/// Checks a generation: at most [`MAX_GENERATION`], so that every JSON reader reads it exactly.
+pub fn validate_generation(generation: u64) -> Result<(), ValidationError> {
+    if generation > MAX_GENERATION {
+        return Err(ValidationError::new(
+            ErrorCode::InvalidBody,
+            format!("generation must be at most {MAX_GENERATION}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the leader an agent reports: at most [`MAX_STATUS_STRING_LEN`] characters, no control.

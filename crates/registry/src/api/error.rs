@@ -266,7 +266,11 @@ status_set!(
 );
 status_set!(
     /// A heartbeat: a body, a token, a limit, storage.
-    Heartbeat = [INVALID, UNAUTHORIZED, FORBIDDEN, TIMEOUT, TOO_LARGE, NOT_JSON, LIMIT, STORAGE, BUSY, DISK_FULL]
+    Heartbeat = [
+        INVALID, UNAUTHORIZED, FORBIDDEN, TIMEOUT, TOO_LARGE, NOT_JSON,
+        doc(409, "wrong_raft: the member reports another raft than the cluster's; it is not listed"),
+        LIMIT, STORAGE, BUSY, DISK_FULL,
+    ]
 );
 status_set!(
     /// A claim: a heartbeat's statuses, and `503 not_ready` when it is not safe to answer yet.
