@@ -21,6 +21,12 @@
 #      reconnected, it is listed again and the raft has all its members
 #   7. a stopped node leaves /members within TTL+1s
 #   8. `bash start.sh down` removes everything, and the next `bash start.sh` works (timed)
+#   9. the bootstrap container paused (`docker pause`) for 2 x TTL while a new node starts:
+#      once unpaused, the registry says it was frozen and the node joins the same raft
+#  10. every raft container paused for 2 x TTL while a new node starts: no second raft (one
+#      etcd cluster ID everywhere); unpaused, the raft is whole and listed again
+#  11. `bash start.sh --nodes 5` over the running three-node raft resets the cluster and
+#      replaces the raft (a new generation, five servers)
 #
 # Settings: ROLLCALL_E2E_ENGINE (etcd), ROLLCALL_E2E_SLACK (seconds of scheduling slack
 # allowed on top of the interval and TTL bounds, default 2), ROLLCALL_E2E_KEEP=1 to leave
@@ -192,6 +198,9 @@ etcdctl_on() {
 put_via() { etcdctl_on "$1" put "$2" "$3" >/dev/null; }
 get_via() { etcdctl_on "$1" get "$2" --print-value-only; }
 etcd_member_count() { etcdctl_on "$1" member list | grep -c started || true; }
+# The etcd cluster ID a node serves (etcdctl's line-per-field output, not JSON).
+cluster_id_of() { etcdctl_on "$1" endpoint status -w fields | awk -F' : ' '/"ClusterID"/ { print $2; exit }'; }
+registry_generation() { docker exec "$(compose ps -q bootstrap)" rollcall-registry generation default; }
 
 record() { printf '%s\t%s\n' "$1" "$2" >>"$results_file.tmp"; }
 
@@ -361,6 +370,69 @@ bash start.sh --engine "$engine" --no-browser --timeout 60 >"$repo_dir/target/e2
     fail "start.sh on a running raft failed"
 [[ $(raft_ids | sort) == "$ids_before" ]] || fail "running start.sh twice replaced the raft's containers"
 pass "running start.sh again is harmless (same containers, still healthy)"
+
+# 9. The registry frozen (docker pause) for 2 x TTL while a node starts. ----------------------
+say "9. pause the bootstrap container for $((2 * ttl_s))s while a fourth node starts"
+mapfile -t nodes < <(raft_ids)
+first_cluster_id="$(cluster_id_of "${nodes[0]}")" || fail "cannot read the raft's etcd cluster ID"
+bootstrap_id="$(compose ps -q bootstrap)"
+docker pause "$bootstrap_id" >/dev/null
+compose up -d --no-deps --no-recreate --scale raft=4 raft >/dev/null 2>&1 || fail "compose could not scale raft to 4"
+sleep $((2 * ttl_s))
+docker unpause "$bootstrap_id" >/dev/null
+mapfile -t now_nodes < <(raft_ids)
+newcomer=""
+for id in "${now_nodes[@]}"; do [[ " ${nodes[*]} " == *" $id "* ]] || newcomer="$id"; done
+[[ -n $newcomer ]] || fail "no fourth raft container"
+joined="$(wait_for 90 all_listed "$(short "$newcomer")")" || fail "the node started during the freeze is not listed within 90s"
+wait_for 30 healthy_raft 4 3 >/dev/null || fail "after the freeze: expected 4 members, 3 servers, one leader"
+[[ $(cluster_id_of "$newcomer") == "$first_cluster_id" ]] || fail "the node started during the freeze serves another etcd cluster"
+[[ $(get_via "$newcomer" rollcall/e2e/second-life) == yes ]] || fail "the node started during the freeze does not read the raft's data"
+compose logs bootstrap 2>/dev/null | grep -q "did not run for" || fail "the registry did not log that it was frozen"
+pass "registry paused $((2 * ttl_s))s: it said it was frozen, and the new node joined the same raft ${joined}s after the unpause"
+record "a node started while the registry was paused for 2 x TTL: listed after the unpause" "${joined}s"
+
+# 10. The whole raft paused for 2 x TTL while a node starts. --------------------------------
+say "10. pause every raft container for $((2 * ttl_s))s while a fifth node starts"
+mapfile -t paused < <(raft_ids)
+docker pause "${paused[@]}" >/dev/null
+compose up -d --no-deps --no-recreate --scale raft=5 raft >/dev/null 2>&1 || fail "compose could not scale raft to 5"
+sleep $((2 * ttl_s))
+mapfile -t now_nodes < <(raft_ids)
+waiting=""
+for id in "${now_nodes[@]}"; do [[ " ${paused[*]} " == *" $id "* ]] || waiting="$id"; done
+[[ -n $waiting ]] || fail "no fifth raft container"
+docker logs "$waiting" 2>&1 | grep -q "reset_required\|already has a raft" ||
+    fail "the node that started beside the paused raft does not say why it waits"
+docker unpause "${paused[@]}" >/dev/null
+names=()
+for id in "${paused[@]}"; do names+=("$(short "$id")"); done
+back="$(wait_for 60 all_listed "${names[@]}")" || fail "the unpaused raft is not listed again within 60s"
+joined="$(wait_for 120 is_listed "$(short "$waiting")")" || fail "the waiting node did not join the raft within 120s of the unpause"
+for id in "${now_nodes[@]}"; do
+    [[ $(cluster_id_of "$id") == "$first_cluster_id" ]] || fail "node $(short "$id") serves another etcd cluster: a second raft"
+done
+[[ $(etcd_member_count "${paused[0]}") -eq 3 ]] || fail "etcd lists $(etcd_member_count "${paused[0]}") voting members, expected 3"
+pass "raft paused $((2 * ttl_s))s: the new node waited and said why, no second raft (one cluster ID on all 5), the raft listed again ${back}s after the unpause"
+record "the raft listed again after every raft container was paused for 2 x TTL" "${back}s"
+
+# 11. start.sh with another size replaces the raft openly. ----------------------------------
+say "11. bash start.sh --nodes 5 over the running raft"
+generation_before="$(registry_generation)" || fail "cannot read the cluster's generation"
+started=$SECONDS
+# Without this run's ROLLCALL_EXPECT=3: start.sh sizes the raft from --nodes, as a user's would.
+env -u ROLLCALL_EXPECT bash start.sh --engine "$engine" --nodes 5 --no-browser --timeout 240 >"$repo_dir/target/e2e-start-4.log" 2>&1 ||
+    { tail -n 40 "$repo_dir/target/e2e-start-4.log"; fail "start.sh --nodes 5 did not bring up a healthy raft"; }
+grep -q "resetting cluster default (generation $generation_before)" "$repo_dir/target/e2e-start-4.log" ||
+    fail "start.sh --nodes 5 did not say that it reset the cluster"
+healthy_raft 5 5 || fail "after start.sh --nodes 5 the registry does not list 5 servers with one leader"
+generation_after="$(registry_generation)"
+((generation_after == generation_before + 1)) || fail "generation $generation_before -> $generation_after, expected one more"
+mapfile -t nodes < <(raft_ids)
+[[ $(etcd_member_count "${nodes[0]}") -eq 5 ]] || fail "the new raft has $(etcd_member_count "${nodes[0]}") voting members, expected 5"
+[[ $(cluster_id_of "${nodes[0]}") != "$first_cluster_id" ]] || fail "the replaced raft kept its etcd cluster ID"
+pass "start.sh --nodes 5 reset generation $generation_before and formed generation $generation_after with 5 voters in $((SECONDS - started))s"
+record "start.sh --nodes 5 over a running 3-node raft (reset and replace)" "$((SECONDS - started))s"
 
 {
     printf '# tests/e2e/docker.sh, %s, %s, engine %s, %s CPUs\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "${compose_cmd[*]}" "$engine" "$(nproc)"
