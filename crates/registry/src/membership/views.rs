@@ -127,7 +127,10 @@ impl ClusterState {
             .nodes
             .iter()
             .filter(|(name, e)| {
-                name.as_str() != node && e.is_live(ttl, now) && e.holds_server_slot()
+                name.as_str() != node
+                    && e.is_live(ttl, now)
+                    && e.holds_server_slot()
+                    && self.of_this_raft(e)
             })
             .map(|(name, e)| {
                 let address = match (&e.member, &e.claim) {
@@ -149,11 +152,21 @@ impl ClusterState {
         targets.into_iter().map(|(_, t)| t).collect()
     }
 
+    /// Whether an entry may be listed: its member reported no raft (unknown: listed), or the
+    /// cluster's. Heartbeats from another raft are refused, so this only keeps out a member
+    /// that registered before the cluster's identity changed under it.
+    fn of_this_raft(&self, e: &NodeEntry) -> bool {
+        match e.member.as_ref().and_then(|m| m.record.raft.as_ref()) {
+            Some(reported) => self.conflicting_identity(reported).is_none(),
+            None => true,
+        }
+    }
+
     fn live_members(&self, ttl: Duration, now: Instant, role: Option<MemberRole>) -> Vec<Member> {
         let mut members: Vec<(Instant, Member)> = self
             .nodes
             .iter()
-            .filter(|(_, e)| e.is_live(ttl, now))
+            .filter(|(_, e)| e.is_live(ttl, now) && self.of_this_raft(e))
             .filter_map(|(node, e)| {
                 e.member
                     .as_ref()
