@@ -19,6 +19,14 @@ pub const DEFAULT_EXPECT: u32 = 3;
 pub const DEFAULT_DATA_DIR: &str = "/data";
 /// How long `run` keeps retrying an unreachable registry before it gives up at start.
 pub const DEFAULT_REGISTRY_RETRY_LIMIT: Duration = Duration::from_secs(60);
+/// How long a claim waits, in all, while the registry asks it to (`503 not_ready`, or the
+/// conflicts `reset_required`, `address_conflict`, `expect_conflict`) before exiting 75.
+/// Ten minutes: longer than any startup grace, quiet period or address conflict (at most a
+/// TTL plus an interval) with the registry's defaults, long enough for an operator to see the
+/// warning and act (start the raft's members, or reset the cluster), and short enough that a
+/// forgotten container does not wait silently forever: the exit is temporary (75), so its
+/// restart policy brings it back to ask again.
+pub const DEFAULT_CLAIM_WAIT_LIMIT: Duration = Duration::from_secs(600);
 /// How long a `server` or `agent` keeps trying its join targets before it gives up.
 pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the agent has to exit after the stop signal before it is killed.
@@ -180,6 +188,10 @@ pub struct CommonArgs {
     /// How long `run` retries an unreachable registry at start before exiting with 69.
     #[arg(long, env = "ROLLCALL_REGISTRY_RETRY_LIMIT", global = true, value_parser = humantime::parse_duration, default_value = "60s")]
     pub registry_retry_limit: Duration,
+    /// How long a claim waits in all while the registry asks it to (not ready, reset
+    /// required, address or expect conflict) before exiting with 75.
+    #[arg(long, env = "ROLLCALL_CLAIM_WAIT_LIMIT", global = true, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub claim_wait_limit: Duration,
     /// How long a joining node tries its join targets before exiting with 75.
     #[arg(long, env = "ROLLCALL_JOIN_TIMEOUT", global = true, value_parser = humantime::parse_duration, default_value = "120s")]
     pub join_timeout: Duration,
@@ -220,6 +232,7 @@ pub struct Settings {
     pub consul_http: String,
     pub health_url: Option<String>,
     pub registry_retry_limit: Duration,
+    pub claim_wait_limit: Duration,
     pub join_timeout: Duration,
     pub stop_timeout: Duration,
     pub request_timeout: Duration,
@@ -283,6 +296,7 @@ impl Settings {
         for (name, value) in [
             ("--stop-timeout", common.stop_timeout),
             ("--request-timeout", common.request_timeout),
+            ("--claim-wait-limit", common.claim_wait_limit),
         ] {
             if value.is_zero() {
                 return Err(ConfigError(format!("{name} must be more than zero")));
@@ -304,6 +318,7 @@ impl Settings {
             consul_http: common.consul_http.trim_end_matches('/').to_string(),
             health_url: common.health_url.clone(),
             registry_retry_limit: common.registry_retry_limit,
+            claim_wait_limit: common.claim_wait_limit,
             join_timeout: common.join_timeout,
             stop_timeout: common.stop_timeout,
             request_timeout: common.request_timeout,

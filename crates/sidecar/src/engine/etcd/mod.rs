@@ -9,7 +9,8 @@
 //! (`client_url`, `peer_url`) for people reading `/v1/clusters/{c}/members`.
 //!
 //! Roles:
-//! - `bootstrap`: a new one-member cluster (`--initial-cluster-state new`).
+//! - `bootstrap`: a new one-member cluster (`--initial-cluster-state new`, token
+//!   `<cluster>-<nonce>` of the raft the registry named: [`args::cluster_token`]).
 //! - `server`: the member adds itself as a **learner** through a live server, starts with
 //!   `--initial-cluster-state existing` and the member list that call returned, and is
 //!   promoted to a voter once it has caught up ([`join`]): the health check only reports
@@ -29,7 +30,7 @@ pub mod status;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use rollcall_protocol::{AgentStatus, MemberRole};
+use rollcall_protocol::{AgentStatus, MemberRole, RaftIdentity};
 
 use self::api::EtcdApi;
 use self::args::{gateway_args, member_args, url, EtcdArgs, Initial};
@@ -116,7 +117,7 @@ impl EtcdEngine {
         dir_has_entries(&self.data_dir.join("member").join("wal"))
     }
 
-    fn args(&self) -> EtcdArgs<'_> {
+    fn args<'a>(&'a self, raft: Option<&'a RaftIdentity>) -> EtcdArgs<'a> {
         EtcdArgs {
             node: &self.node,
             cluster: &self.cluster,
@@ -126,21 +127,23 @@ impl EtcdEngine {
             client_port: self.client_port,
             peer_port: self.peer_port,
             passthrough: &self.passthrough,
+            raft_nonce: raft.map(|r| r.nonce.as_str()),
         }
     }
 
     pub async fn prepare(
         &self,
         plan: &StartPlan,
+        raft: Option<&RaftIdentity>,
         targets: &impl JoinTargets,
     ) -> Result<AgentCommand, Exit> {
         self.join.remember_join_targets(plan.join());
         let args = match plan {
-            StartPlan::Bootstrap => member_args(&self.args(), Initial::New),
-            StartPlan::Restart { .. } => member_args(&self.args(), Initial::FromData),
+            StartPlan::Bootstrap => member_args(&self.args(raft), Initial::New),
+            StartPlan::Restart { .. } => member_args(&self.args(raft), Initial::FromData),
             StartPlan::Server { join } => {
                 let initial_cluster = self.join.add_self_as_learner(join, targets).await?;
-                member_args(&self.args(), Initial::Existing(&initial_cluster))
+                member_args(&self.args(raft), Initial::Existing(&initial_cluster))
             }
             StartPlan::Agent { join } => {
                 let join = if join.is_empty() {
@@ -148,7 +151,7 @@ impl EtcdEngine {
                 } else {
                     join.clone()
                 };
-                gateway_args(&self.args(), &join)
+                gateway_args(&self.args(raft), &join)
             }
         };
         Ok(AgentCommand {
