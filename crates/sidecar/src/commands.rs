@@ -43,7 +43,7 @@ pub async fn heartbeat(settings: Settings, role: MemberRole) -> Result<i32, Exit
         }
     }
     let status = engine.status(role).await;
-    let raft = IdentityStore::load(&settings.data_dir, &settings.cluster).identity();
+    let raft = IdentityStore::load(&settings.data_dir, &settings.cluster, false).identity();
     let answer = registry
         .heartbeat(role, status, engine.meta(), raft)
         .await

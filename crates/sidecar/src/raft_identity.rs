@@ -53,6 +53,10 @@ impl IdentityRecord {
 pub struct IdentityStore {
     path: PathBuf,
     cluster: String,
+    /// Whether the data directory may be created to hold the file: yes for etcd and Consul,
+    /// which create it anyway; not for exec, whose command owns its directory (without one
+    /// the identity is kept in memory only, and reported all the same).
+    create_data_dir: bool,
     current: Mutex<Option<IdentityRecord>>,
 }
 
@@ -60,7 +64,7 @@ impl IdentityStore {
     /// Reads `<data_dir>/rollcall-raft.json`. A missing file is no identity; an unreadable
     /// one, or one of another cluster, is logged and ignored (reported as unknown, which the
     /// registry never refuses).
-    pub fn load(data_dir: &Path, cluster: &str) -> IdentityStore {
+    pub fn load(data_dir: &Path, cluster: &str, create_data_dir: bool) -> IdentityStore {
         let path = data_dir.join(IDENTITY_FILE);
         let current = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<IdentityRecord>(&bytes) {
@@ -83,6 +87,7 @@ impl IdentityStore {
         IdentityStore {
             path,
             cluster: cluster.to_string(),
+            create_data_dir,
             current: Mutex::new(current),
         }
     }
@@ -166,6 +171,10 @@ impl IdentityStore {
             )
         };
         if let Some(dir) = self.path.parent() {
+            if !self.create_data_dir && !dir.is_dir() {
+                info!(data_dir = %dir.display(), "no data directory: the raft's identity is kept in memory only");
+                return Ok(());
+            }
             create_data_dir(dir).map_err(|e| fail("create the directory of", e))?;
         }
         let tmp = self.path.with_extension("json.tmp");
@@ -246,24 +255,38 @@ mod tests {
     fn a_claimed_identity_is_written_then_listed_and_read_back_after_a_restart() {
         let temp = tempfile::tempdir().expect("tempdir");
         let data = temp.path().join("data");
-        let store = IdentityStore::load(&data, "c");
+        let store = IdentityStore::load(&data, "c", true);
         assert_eq!(store.identity(), None);
         store
             .claimed(Some(&raft("0123456789abcdef")))
             .expect("write");
         assert!(!store.listed());
-        let again = IdentityStore::load(&data, "c");
+        let again = IdentityStore::load(&data, "c", true);
         assert_eq!(again.identity(), Some(raft("0123456789abcdef")));
         assert!(!again.listed());
         again.mark_listed();
-        let third = IdentityStore::load(&data, "c");
+        let third = IdentityStore::load(&data, "c", true);
         assert!(third.listed());
         // Another cluster's file is not this cluster's raft.
-        assert_eq!(IdentityStore::load(&data, "other").identity(), None);
+        assert_eq!(IdentityStore::load(&data, "other", true).identity(), None);
         // A registry that names no raft: the old file goes.
         third.claimed(None).expect("remove");
         assert!(!data.join(IDENTITY_FILE).exists());
-        assert_eq!(IdentityStore::load(&data, "c").identity(), None);
+        assert_eq!(IdentityStore::load(&data, "c", true).identity(), None);
+    }
+
+    #[test]
+    fn without_leave_to_create_the_data_directory_the_identity_lives_in_memory() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data = temp.path().join("absent");
+        let store = IdentityStore::load(&data, "c", false);
+        store
+            .claimed(Some(&raft("0123456789abcdef")))
+            .expect("kept in memory");
+        store.mark_listed();
+        assert!(!data.exists());
+        assert_eq!(store.identity(), Some(raft("0123456789abcdef")));
+        assert!(store.listed());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::config::Settings;
 use crate::engine::JoinTargets;
 use crate::exit::{
     exit_for_registry_error, Exit, EXIT_CLAIM_WAIT_LIMIT, EXIT_CONFIG, EXIT_INTERNAL,
-    EXIT_REGISTRY_UNREACHABLE, EXIT_WRONG_RAFT,
+    EXIT_REGISTRY_UNREACHABLE,
 };
 
 /// First pause after the registry could not be reached; it doubles up to the maximum.
@@ -145,15 +145,6 @@ impl RegistryLink {
                     unreachable_since = None;
                     backoff = REGISTRY_BACKOFF_START;
                     tokio::time::sleep(wait).await;
-                }
-                Err(ClientError::Api {
-                    code: ErrorCode::WrongRaft,
-                    message,
-                    ..
-                }) => {
-                    // A claim without a raft is never refused as another raft's; say so if a
-                    // registry does.
-                    return Err(Exit::new(EXIT_WRONG_RAFT, message));
                 }
                 Err(error) if error.is_transient() => {
                     let since = *unreachable_since.get_or_insert_with(Instant::now);

@@ -21,7 +21,7 @@ use rollcall_protocol::GrantedRole;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument as _};
 
-use crate::config::Settings;
+use crate::config::{EngineKind, Settings};
 use crate::engine::{Engine, StartPlan};
 use crate::exit::{Exit, EXIT_INTERNAL, EXIT_SIGNAL_BASE, EXIT_WRONG_RAFT};
 use crate::member_loop::{interval_from_ms, LoopEnd, MemberLoop, FALLBACK_HEARTBEAT_INTERVAL};
@@ -35,7 +35,11 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
     let exits = start_reaper()?;
     let engine = Arc::new(Engine::new(&settings)?);
     let registry = Arc::new(RegistryLink::new(&settings)?);
-    let identity = Arc::new(IdentityStore::load(&settings.data_dir, &settings.cluster));
+    let identity = Arc::new(IdentityStore::load(
+        &settings.data_dir,
+        &settings.cluster,
+        settings.engine != EngineKind::Exec,
+    ));
 
     let decision = tokio::select! {
         decision = decide(&engine, &registry, &identity, &settings) => decision?,
