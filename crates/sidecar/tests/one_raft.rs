@@ -455,3 +455,63 @@ async fn the_raft_identity_names_the_etcd_token_rides_on_heartbeats_and_refuses_
     );
     assert!(!etcd.healthy(&node.client_url()).await, "etcd was stopped");
 }
+
+/// Two rafts under one cluster name never share an etcd cluster ID: the same node (same
+/// name, same peer and client URLs) bootstraps, loses its data, the operator resets the
+/// cluster, and it bootstraps again. etcd derives the cluster ID from the members and the
+/// cluster token only, so with the old token (the cluster name) both rafts had one ID; with
+/// `<cluster>-<nonce>` they differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_cluster_bootstraps_a_raft_with_another_etcd_cluster_id() {
+    const CLUSTER: &str = "reset-twice";
+    let temp = tempfile::tempdir().expect("tempdir");
+    let logs = temp.path();
+    let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
+    let etcd = Etcd::default();
+    let node = EtcdNode::new("n1", temp.path());
+    let just_node = [&node];
+
+    let mut ids = Vec::new();
+    for generation in [1, 2] {
+        let mut sidecar = node.start_sidecar(&registry.url(), CLUSTER, 1, logs);
+        let (cluster_id, _) = poll_until(Duration::from_secs(30), "a one-member raft", || {
+            healthy_raft(&etcd, &just_node)
+        })
+        .await;
+        let identity = poll_until(Duration::from_secs(10), "the identity listed", || {
+            let identity = read_identity(&node.data_dir);
+            async move { identity.filter(|i| i["listed"] == true) }
+        })
+        .await;
+        assert_eq!(identity["generation"], generation);
+        let nonce = identity["nonce"].as_str().expect("nonce").to_string();
+        ids.push((cluster_id, nonce));
+        // Stopped (it leaves the registry), its data lost, the cluster reset.
+        sidecar.signal(Signal::SIGTERM);
+        sidecar.wait_exit(Duration::from_secs(10)).await;
+        std::fs::rename(
+            &node.data_dir,
+            temp.path().join(format!("n1.lost-{generation}")),
+        )
+        .expect("lose the data");
+        let reset = rollcall_protocol::ResetRequest {
+            generation,
+            force: vec![],
+            reason: Some("the test lost the data".into()),
+        };
+        poll_until(Duration::from_secs(10), "the reset", || {
+            let (client, reset) = (&registry.client, &reset);
+            async move { client.reset(CLUSTER, reset).await.ok() }
+        })
+        .await;
+    }
+    assert_ne!(ids[0].1, ids[1].1, "each raft has its own nonce");
+    assert_ne!(
+        ids[0].0, ids[1].0,
+        "the same member bootstrapped twice gets another etcd cluster ID: {ids:?}"
+    );
+    eprintln!(
+        "MEASURED one node bootstrapped twice across a reset: etcd cluster IDs {} and {}",
+        ids[0].0, ids[1].0
+    );
+}
