@@ -70,7 +70,6 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
             let LoopEnd::WrongRaft(message) = end else {
                 return Err(Exit::new(EXIT_INTERNAL, "the member loop ended by itself"));
             };
-            registry.leave().await;
             return Err(leave_raft(&settings, &message));
         }
     };
@@ -115,12 +114,11 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
                 let LoopEnd::WrongRaft(message) = end else {
                     continue;
                 };
+                // No leave: the registry never listed this member, and a leave by name could
+                // remove a member of the cluster's own raft that has the same name.
                 warn!(timeout = ?settings.stop_timeout, "stopping the agent: the registry refused this member as another raft's, and never listed it");
                 agent.signal(Signal::SIGTERM);
-                let (code, ()) = tokio::join!(
-                    wait_forwarding(&mut agent, &mut signals, settings.stop_timeout),
-                    registry.leave(),
-                );
+                let code = wait_forwarding(&mut agent, &mut signals, settings.stop_timeout).await;
                 info!(code, "the agent stopped");
                 return Err(leave_raft(&settings, &message));
             }
