@@ -515,3 +515,97 @@ async fn a_reset_cluster_bootstraps_a_raft_with_another_etcd_cluster_id() {
         ids[0].0, ids[1].0
     );
 }
+
+/// `rollcall-sidecar` with the exec engine for `node` at `address`, asking for `expect`
+/// servers; its agent (when `run`) never becomes healthy, so it keeps renewing its claim.
+fn exec_node(
+    registry_url: &str,
+    cluster: &str,
+    node: &str,
+    address: &str,
+    expect: u32,
+) -> std::process::Command {
+    let mut command = sidecar(registry_url, cluster, node);
+    command
+        .args(["--advertise", address])
+        .args(["--engine", "exec", "--expect", &expect.to_string()])
+        .args([
+            "--health-url",
+            &format!("http://127.0.0.1:{}/never", free_port()),
+        ]);
+    command
+}
+
+/// The conflicts a claim waits out, with real processes: claims that disagree on `expect`
+/// before the raft is known (`expect_conflict`: a claim with a 2 s --claim-wait-limit ends
+/// with 75 and the registry's message), and a node name live at another address
+/// (`address_conflict`: the newcomer waits, saying why, and is answered once the other
+/// leaves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_claims_wait_saying_why_and_end_with_75_or_a_role() {
+    const CLUSTER: &str = "conflicts";
+    let temp = tempfile::tempdir().expect("tempdir");
+    let logs = temp.path();
+    let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
+    let first_address = format!("127.0.0.1:{}", free_port());
+    let mut first_command = exec_node(&registry.url(), CLUSTER, "a", &first_address, 3);
+    first_command.arg("run").args(run_script("sleep 60"));
+    let first = ProcessGuard::spawn("sidecar a", first_command, logs.join("sidecar-a.log"));
+    poll_until(Duration::from_secs(10), "a's claim", || {
+        let log = first.log_text();
+        async move { log.contains("the registry granted a role").then_some(()) }
+    })
+    .await;
+
+    // Another size while the raft is not known: refused, waited out, 75 at the deadline.
+    let other_size = exec_node(
+        &registry.url(),
+        CLUSTER,
+        "b",
+        &format!("127.0.0.1:{}", free_port()),
+        5,
+    )
+    .args(["--claim-wait-limit", "2s", "claim"])
+    .output()
+    .expect("run the claim");
+    let other_size_log = String::from_utf8_lossy(&other_size.stderr);
+    assert_eq!(other_size.status.code(), Some(75), "{other_size_log}");
+    assert!(
+        other_size_log.contains("expect_conflict") && other_size_log.contains("expect=3"),
+        "{other_size_log}"
+    );
+
+    // The same name from another address: waits until a's claim is gone.
+    let mut same_name = exec_node(
+        &registry.url(),
+        CLUSTER,
+        "a",
+        &format!("127.0.0.1:{}", free_port()),
+        3,
+    );
+    same_name.args(["--claim-wait-limit", "30s", "claim"]);
+    let mut second = ProcessGuard::spawn("claim a again", same_name, logs.join("claim-a.log"));
+    poll_until(
+        Duration::from_secs(10),
+        "the address conflict warning",
+        || {
+            let (log, first_address) = (second.log_text(), &first_address);
+            async move {
+                (log.contains("WARN")
+                    && log.contains("address_conflict")
+                    && log.contains(first_address.as_str()))
+                .then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(second.running(), "still waiting");
+    first.signal(Signal::SIGTERM);
+    let status = second.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", second.log_text());
+    assert!(
+        second.log_text().contains("the registry granted a role"),
+        "{}",
+        second.log_text()
+    );
+}
