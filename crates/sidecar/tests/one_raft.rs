@@ -2,8 +2,10 @@
 //! and 2, and the raft's identity): a raft whose sidecars stop heartbeating but whose etcd
 //! still runs is never replaced, and a newcomer waits saying why; a frozen registry process
 //! never tells a claim that queued during the freeze to bootstrap; etcd's cluster token names
-//! the raft, heartbeats carry it, and a member whose identity names another raft is handled
-//! as README's "Another raft's member" says.
+//! the raft (two rafts of one name get two cluster IDs), heartbeats carry it, and a member
+//! whose identity names another raft is handled as README's "Another raft's member" says;
+//! claims wait out `expect_conflict` and `address_conflict`; renewals say the agent started,
+//! so a registry that lost its data never tells it `bootstrap`.
 
 mod common;
 
@@ -607,5 +609,60 @@ async fn conflicting_claims_wait_saying_why_and_end_with_75_or_a_role() {
         second.log_text().contains("the registry granted a role"),
         "{}",
         second.log_text()
+    );
+}
+
+/// Issue 12, failure 3, from the sidecar's side: a node granted `bootstrap` whose agent is
+/// still starting renews its claim saying so (`started_as`, its raft). A registry restarted
+/// on an empty data directory then answers it `server` by rule `already-started`, even within
+/// its startup grace, and never `bootstrap` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_agent_renews_saying_so_and_an_emptied_registry_never_tells_it_bootstrap() {
+    const CLUSTER: &str = "renewals";
+    let temp = tempfile::tempdir().expect("tempdir");
+    let logs = temp.path();
+    let mut registry = TestRegistry::start(0, &temp.path().join("registry-a"), logs, &[]).await;
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut command = exec_node(&registry.url(), CLUSTER, "k1", &address, 3);
+    command.arg("run").args(run_script("sleep 60"));
+    let node = ProcessGuard::spawn("sidecar k1", command, logs.join("sidecar-k1.log"));
+    poll_until(Duration::from_secs(10), "k1's bootstrap", || {
+        let log = node.log_text();
+        async move { granted(&log).contains("role=bootstrap").then_some(()) }
+    })
+    .await;
+
+    let port = registry.port;
+    registry.kill();
+    drop(registry);
+    let registry = TestRegistry::start(port, &temp.path().join("registry-b"), logs, &[]).await;
+    poll_until(
+        Duration::from_secs(10),
+        "the renewal answered by rule already-started",
+        || {
+            let log = registry.log_text();
+            async move {
+                log.lines()
+                    .any(|l| l.contains("node=\"k1\"") && l.contains("rule=already-started"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    poll_until(Duration::from_secs(5), "k1 told server", || {
+        let log = node.log_text();
+        async move {
+            log.lines()
+                .any(|l| {
+                    l.contains("the registry now answers another role") && l.contains("now=server")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    let detail = registry.client.cluster(CLUSTER).await.expect("cluster");
+    assert!(
+        detail.bootstrap.is_none(),
+        "no new bootstrap grant: {detail:?}"
     );
 }
