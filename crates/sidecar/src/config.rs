@@ -443,6 +443,20 @@ mod tests {
     }
 
     #[test]
+    fn every_wait_has_a_deadline_by_default() {
+        let settings = Settings::from_args(
+            &common(&["--registry", "http://r", "--advertise", "a"]),
+            vec![],
+            Some("n1".into()),
+            None,
+        )
+        .expect("settings");
+        assert_eq!(settings.claim_wait_limit, DEFAULT_CLAIM_WAIT_LIMIT);
+        assert_eq!(settings.registry_retry_limit, DEFAULT_REGISTRY_RETRY_LIMIT);
+        assert_eq!(settings.join_timeout, DEFAULT_JOIN_TIMEOUT);
+    }
+
+    #[test]
     fn bad_configuration_is_refused_with_a_reason() {
         for args in [
             vec!["--advertise", "10.0.0.1:0"],
@@ -451,6 +465,7 @@ mod tests {
             vec!["--advertise", "a", "--cluster", "bad name"],
             vec!["--advertise", "a", "--expect", "0"],
             vec!["--advertise", "a", "--node=-x"],
+            vec!["--advertise", "a", "--claim-wait-limit", "0s"],
         ] {
             let mut full = if args.contains(&"--registry") {
                 vec![]
