@@ -225,19 +225,26 @@ pub fn move_data_aside(data_dir: &Path) -> std::io::Result<PathBuf> {
                 Some(libc::EBUSY) | Some(libc::EXDEV) | Some(libc::EPERM)
             ) =>
         {
-            let inside = data_dir.join(format!("wrong-raft-{seconds}"));
-            create_data_dir(&inside)?;
-            for entry in std::fs::read_dir(data_dir)? {
-                let entry = entry?;
-                if entry.path() == inside {
-                    continue;
-                }
-                std::fs::rename(entry.path(), inside.join(entry.file_name()))?;
-            }
-            Ok(inside)
+            move_entries_inside(data_dir, &format!("wrong-raft-{seconds}"))
         }
         Err(error) => Err(error),
     }
+}
+
+/// Moves every entry of `data_dir` into a new directory `name` inside it, for a data
+/// directory that cannot be renamed (a volume's mount point; a directory of an overlay's
+/// lower layer, which overlayfs refuses to rename with EXDEV).
+fn move_entries_inside(data_dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let inside = data_dir.join(name);
+    create_data_dir(&inside)?;
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        if entry.path() == inside {
+            continue;
+        }
+        std::fs::rename(entry.path(), inside.join(entry.file_name()))?;
+    }
+    Ok(inside)
 }
 
 #[cfg(test)]
@@ -287,6 +294,24 @@ mod tests {
         assert!(!data.exists());
         assert_eq!(store.identity(), Some(raft("0123456789abcdef")));
         assert!(store.listed());
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_renamed_keeps_its_place_and_its_entries_move_inside() {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let data = temp.path().join("data");
+        std::fs::create_dir_all(data.join("member/wal")).expect("mkdir");
+        std::fs::write(data.join(IDENTITY_FILE), b"{}").expect("write");
+        let inside = move_entries_inside(&data, "wrong-raft-1").expect("move");
+        assert_eq!(inside, data.join("wrong-raft-1"));
+        let left: Vec<_> = std::fs::read_dir(&data)
+            .expect("read")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["wrong-raft-1"]);
+        assert!(inside.join("member/wal").is_dir());
+        assert!(inside.join(IDENTITY_FILE).is_file());
     }
 
     #[test]
