@@ -224,6 +224,20 @@ async fn a_paused_raft_is_never_replaced_and_a_newcomer_waits_saying_why() {
         .await
         .expect("status through the gateway");
     assert_eq!(gateway_cluster_id, cluster_id, "never a second cluster ID");
+    // Every listed member says which etcd cluster it is in: all the same one.
+    let listed = registry.members(CLUSTER).await.expect("members");
+    let listed_ids: Vec<(String, Option<String>)> = listed
+        .members
+        .iter()
+        .map(|m| (m.node.clone(), m.meta.get("etcd_cluster_id").cloned()))
+        .collect();
+    assert_eq!(listed_ids.len(), 4, "{listed_ids:?}");
+    assert!(
+        listed_ids
+            .iter()
+            .all(|(_, id)| id.as_deref() == Some(cluster_id.as_str())),
+        "{listed_ids:?} (cluster {cluster_id})"
+    );
     let (cluster_id_after, members_after) =
         healthy_raft(&etcd, &all).await.expect("the raft is whole");
     assert_eq!(cluster_id_after, cluster_id);

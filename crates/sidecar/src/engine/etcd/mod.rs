@@ -6,7 +6,9 @@
 //! means calling a member's client API (`/v3/cluster/member/add`) and a gateway proxies to
 //! client ports too. The peer port is not derived from the client port: it comes from
 //! `--etcd-peer-port` (2380 by default), and the heartbeat's metadata carries both URLs
-//! (`client_url`, `peer_url`) for people reading `/v1/clusters/{c}/members`.
+//! (`client_url`, `peer_url`) for people reading `/v1/clusters/{c}/members`, and, once
+//! etcd has answered a status request, which raft it is (`etcd_cluster_id`, and for a member
+//! `etcd_member_id`: [`status::raft_ids`]).
 //!
 //! Roles:
 //! - `bootstrap`: a new one-member cluster (`--initial-cluster-state new`, token
@@ -35,7 +37,7 @@ use rollcall_protocol::{AgentStatus, MemberRole, RaftIdentity};
 use self::api::EtcdApi;
 use self::args::{gateway_args, member_args, url, EtcdArgs, Initial};
 use self::join::EtcdJoin;
-use self::status::{agent_status, parse_health};
+use self::status::{agent_status, parse_health, raft_ids};
 use super::{dir_has_entries, AgentCommand, Health, JoinTargets, StartPlan};
 use crate::config::{is_ip_literal, Settings};
 use crate::exit::Exit;
@@ -57,6 +59,9 @@ pub struct EtcdEngine {
     passthrough: Vec<String>,
     api: EtcdApi,
     join: EtcdJoin,
+    /// etcd's cluster ID (and member ID) from its last status answer, for the heartbeat's
+    /// metadata: the status is read just before each heartbeat.
+    raft_ids: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl EtcdEngine {
@@ -90,6 +95,7 @@ impl EtcdEngine {
                 settings.join_timeout,
             ),
             api,
+            raft_ids: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -106,10 +112,18 @@ impl EtcdEngine {
     }
 
     pub fn meta(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut meta = BTreeMap::from([
             ("client_url".to_string(), self.client_url()),
             ("peer_url".to_string(), self.peer_url()),
-        ])
+        ]);
+        meta.extend(
+            self.raft_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
+        meta
     }
 
     /// etcd writes its raft log under `member/wal` of the data directory.
@@ -192,6 +206,7 @@ impl EtcdEngine {
     pub async fn status(&self, role: MemberRole) -> Option<AgentStatus> {
         let base = self.local_client_url();
         let status = self.api.status(&base).await.ok()?;
+        *self.raft_ids.lock().unwrap_or_else(|e| e.into_inner()) = raft_ids(&status, role);
         let list = self.api.member_list(&base).await.ok();
         Some(agent_status(
             &status,
