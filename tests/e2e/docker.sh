@@ -388,7 +388,9 @@ joined="$(wait_for 90 all_listed "$(short "$newcomer")")" || fail "the node star
 wait_for 30 healthy_raft 4 3 >/dev/null || fail "after the freeze: expected 4 members, 3 servers, one leader"
 [[ $(cluster_id_of "$newcomer") == "$first_cluster_id" ]] || fail "the node started during the freeze serves another etcd cluster"
 [[ $(get_via "$newcomer" rollcall/e2e/second-life) == yes ]] || fail "the node started during the freeze does not read the raft's data"
-compose logs bootstrap 2>/dev/null | grep -q "did not run for" || fail "the registry did not log that it was frozen"
+# Read whole, then searched: under pipefail, `grep -q` closing the pipe early fails the pipe.
+registry_log="$(compose logs --no-color bootstrap 2>&1)"
+grep -q "did not run for" <<<"$registry_log" || fail "the registry did not log that it was frozen"
 pass "registry paused $((2 * ttl_s))s: it said it was frozen, and the new node joined the same raft ${joined}s after the unpause"
 record "a node started while the registry was paused for 2 x TTL: listed after the unpause" "${joined}s"
 
@@ -402,7 +404,8 @@ mapfile -t now_nodes < <(raft_ids)
 waiting=""
 for id in "${now_nodes[@]}"; do [[ " ${paused[*]} " == *" $id "* ]] || waiting="$id"; done
 [[ -n $waiting ]] || fail "no fifth raft container"
-docker logs "$waiting" 2>&1 | grep -q "reset_required\|already has a raft" ||
+waiting_log="$(docker logs "$waiting" 2>&1)"
+grep -q "reset_required\|already has a raft" <<<"$waiting_log" ||
     fail "the node that started beside the paused raft does not say why it waits"
 docker unpause "${paused[@]}" >/dev/null
 names=()

@@ -407,6 +407,9 @@ pub struct RaftSummary {
     pub expect: Option<u32>,
     /// When it became known, in milliseconds since the Unix epoch.
     pub known_at_unix_ms: u64,
+    /// The identity's nonce, once known (see [`RaftIdentity`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// An operator's reset, as the cluster's history keeps it.

@@ -13,10 +13,12 @@ use crate::engine::{Engine, Health};
 use crate::exit::{
     exit_for_registry_error, Exit, EXIT_AGENT_NOT_RUNNING, EXIT_CONFIG, EXIT_INTERNAL, EXIT_OK,
 };
+use crate::raft_identity::IdentityStore;
 use crate::registry_link::RegistryLink;
 
 /// `heartbeat`: 0 when sent, 255 when the agent is not running or not healthy (nothing is
-/// sent), 69 when the registry cannot be reached, 65 when it refuses.
+/// sent), 69 when the registry cannot be reached, 65 when it refuses. It reports the raft
+/// the identity file in the data directory names, if any.
 pub async fn heartbeat(settings: Settings, role: MemberRole) -> Result<i32, Exit> {
     let engine = Engine::new(&settings)?;
     if let Engine::Exec(exec) = &engine {
@@ -41,8 +43,9 @@ pub async fn heartbeat(settings: Settings, role: MemberRole) -> Result<i32, Exit
         }
     }
     let status = engine.status(role).await;
+    let raft = IdentityStore::load(&settings.data_dir, &settings.cluster, false).identity();
     let answer = registry
-        .heartbeat(role, status, engine.meta())
+        .heartbeat(role, status, engine.meta(), raft)
         .await
         .map_err(|e| exit_for_registry_error(&e))?;
     info!(
@@ -131,12 +134,12 @@ pub fn tsv_line(member: &Member) -> String {
 }
 
 /// `claim`: the granted role on the first line, then one join target a line. Like `run`,
-/// it waits out the registry's `503 not_ready` and retries an unreachable registry up to
-/// `--registry-retry-limit`.
+/// it waits while the registry asks (`503 not_ready`, `reset_required`, the conflicts) up to
+/// `--claim-wait-limit`, and retries an unreachable registry up to `--registry-retry-limit`.
 pub async fn claim(settings: Settings) -> Result<i32, Exit> {
     let registry = RegistryLink::new(&settings)?;
     let claim = registry
-        .claim_at_start(settings.registry_retry_limit)
+        .claim_at_start(settings.registry_retry_limit, settings.claim_wait_limit)
         .await?;
     info!(role = %claim.role, reason = %claim.reason, "the registry granted a role");
     let lines =

@@ -19,6 +19,14 @@ pub const DEFAULT_EXPECT: u32 = 3;
 pub const DEFAULT_DATA_DIR: &str = "/data";
 /// How long `run` keeps retrying an unreachable registry before it gives up at start.
 pub const DEFAULT_REGISTRY_RETRY_LIMIT: Duration = Duration::from_secs(60);
+/// How long a claim waits, in all, while the registry asks it to (`503 not_ready`, or the
+/// conflicts `reset_required`, `address_conflict`, `expect_conflict`) before exiting 75.
+/// Ten minutes: longer than any startup grace, quiet period or address conflict (at most a
+/// TTL plus an interval) with the registry's defaults, long enough for an operator to see the
+/// warning and act (start the raft's members, or reset the cluster), and short enough that a
+/// forgotten container does not wait silently forever: the exit is temporary (75), so its
+/// restart policy brings it back to ask again.
+pub const DEFAULT_CLAIM_WAIT_LIMIT: Duration = Duration::from_secs(600);
 /// How long a `server` or `agent` keeps trying its join targets before it gives up.
 pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the agent has to exit after the stop signal before it is killed.
@@ -195,6 +203,10 @@ pub struct CommonArgs {
     /// How long `run` retries an unreachable registry at start before exiting with 69.
     #[arg(long, env = "ROLLCALL_REGISTRY_RETRY_LIMIT", global = true, value_parser = humantime::parse_duration, default_value = "60s")]
     pub registry_retry_limit: Duration,
+    /// How long a claim waits in all while the registry asks it to (not ready, reset
+    /// required, address or expect conflict) before exiting with 75.
+    #[arg(long, env = "ROLLCALL_CLAIM_WAIT_LIMIT", global = true, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub claim_wait_limit: Duration,
     /// How long a joining node tries its join targets before exiting with 75.
     #[arg(long, env = "ROLLCALL_JOIN_TIMEOUT", global = true, value_parser = humantime::parse_duration, default_value = "120s")]
     pub join_timeout: Duration,
@@ -235,6 +247,7 @@ pub struct Settings {
     pub consul_http: String,
     pub health_url: Option<String>,
     pub registry_retry_limit: Duration,
+    pub claim_wait_limit: Duration,
     pub join_timeout: Duration,
     pub stop_timeout: Duration,
     pub request_timeout: Duration,
@@ -298,6 +311,7 @@ impl Settings {
         for (name, value) in [
             ("--stop-timeout", common.stop_timeout),
             ("--request-timeout", common.request_timeout),
+            ("--claim-wait-limit", common.claim_wait_limit),
         ] {
             if value.is_zero() {
                 return Err(ConfigError(format!("{name} must be more than zero")));
@@ -319,6 +333,7 @@ impl Settings {
             consul_http: common.consul_http.trim_end_matches('/').to_string(),
             health_url: common.health_url.clone(),
             registry_retry_limit: common.registry_retry_limit,
+            claim_wait_limit: common.claim_wait_limit,
             join_timeout: common.join_timeout,
             stop_timeout: common.stop_timeout,
             request_timeout: common.request_timeout,
@@ -443,6 +458,20 @@ mod tests {
     }
 
     #[test]
+    fn every_wait_has_a_deadline_by_default() {
+        let settings = Settings::from_args(
+            &common(&["--registry", "http://r", "--advertise", "a"]),
+            vec![],
+            Some("n1".into()),
+            None,
+        )
+        .expect("settings");
+        assert_eq!(settings.claim_wait_limit, DEFAULT_CLAIM_WAIT_LIMIT);
+        assert_eq!(settings.registry_retry_limit, DEFAULT_REGISTRY_RETRY_LIMIT);
+        assert_eq!(settings.join_timeout, DEFAULT_JOIN_TIMEOUT);
+    }
+
+    #[test]
     fn bad_configuration_is_refused_with_a_reason() {
         for args in [
             vec!["--advertise", "10.0.0.1:0"],
@@ -451,6 +480,7 @@ mod tests {
             vec!["--advertise", "a", "--cluster", "bad name"],
             vec!["--advertise", "a", "--expect", "0"],
             vec!["--advertise", "a", "--node=-x"],
+            vec!["--advertise", "a", "--claim-wait-limit", "0s"],
         ] {
             let mut full = if args.contains(&"--registry") {
                 vec![]

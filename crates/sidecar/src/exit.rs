@@ -17,6 +17,15 @@ pub const EXIT_REGISTRY_UNREACHABLE: i32 = 69;
 pub const EXIT_INTERNAL: i32 = 70;
 /// No join target answered within `--join-timeout` (`EX_TEMPFAIL`).
 pub const EXIT_JOIN_FAILED: i32 = 75;
+/// The claim waited `--claim-wait-limit` and the registry still asked it to wait (a
+/// `reset_required`, `address_conflict`, `expect_conflict` or `not_ready` answer): temporary,
+/// so the container's restart policy asks again (`EX_TEMPFAIL`, as for a failed join).
+pub const EXIT_CLAIM_WAIT_LIMIT: i32 = 75;
+/// The registry refused this member as another raft's (`wrong_raft`) and the registry never
+/// listed it in its own: the agent was stopped and the data directory moved aside, so the
+/// next start claims afresh. Not a sysexits code: the next free one after `EX_TEMPFAIL`,
+/// distinct so that an operator sees this happened.
+pub const EXIT_WRONG_RAFT: i32 = 76;
 /// The agent binary exists but could not be executed (as a shell reports it).
 pub const EXIT_AGENT_NOT_EXECUTABLE: i32 = 126;
 /// The agent binary was not found (as a shell reports it).

@@ -5,13 +5,14 @@
 //! and forwards signals, reaps zombies and stops the agent within a timeout
 //! ([`supervisor`]). [`run`] ties them together; [`commands`] holds the one-shot
 //! subcommands; [`config`] parses flags and `ROLLCALL_*` variables once; [`exit`] lists the
-//! exit codes.
+//! exit codes; [`raft_identity`] keeps the raft the agent belongs to in its data directory.
 
 pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod exit;
 pub mod member_loop;
+pub mod raft_identity;
 pub mod registry_link;
 pub mod run;
 pub mod supervisor;

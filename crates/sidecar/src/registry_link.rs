@@ -3,13 +3,21 @@
 //!
 //! In this crate "registry" means only the remote registry service; [`RegistryLink`] is how
 //! one node talks to it (its cluster, node name and address are fixed here once).
+//!
+//! Waiting at claim time: `503 not_ready` (startup grace, quiet period, no live server) and
+//! the conflicts `409 reset_required`, `address_conflict` and `expect_conflict` are answers
+//! that may change by themselves or by an operator's hand, so the claim waits as
+//! `Retry-After` says and asks again, never starting an agent meanwhile. A conflict's message
+//! is logged at warn level the first time and then at most every [`CONFLICT_LOG_EVERY`]. All
+//! this waiting has one deadline, `--claim-wait-limit`, counted from the first answer that
+//! asked to wait; then the claim ends with exit 75 and the registry's last message.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rollcall_protocol::{
-    AgentStatus, ClaimRequest, ClaimResponse, ClientError, ErrorCode, HeartbeatRequest,
-    HeartbeatResponse, MemberRole, RegistryClient,
+    AgentStatus, ClaimRequest, ClaimResponse, ClientError, ErrorCode, GrantedRole,
+    HeartbeatRequest, HeartbeatResponse, MemberRole, RaftIdentity, RegistryClient,
 };
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -17,7 +25,8 @@ use tracing::{info, warn};
 use crate::config::Settings;
 use crate::engine::JoinTargets;
 use crate::exit::{
-    exit_for_registry_error, Exit, EXIT_CONFIG, EXIT_INTERNAL, EXIT_REGISTRY_UNREACHABLE,
+    exit_for_registry_error, Exit, EXIT_CLAIM_WAIT_LIMIT, EXIT_CONFIG, EXIT_INTERNAL,
+    EXIT_REGISTRY_UNREACHABLE,
 };
 
 /// First pause after the registry could not be reached; it doubles up to the maximum.
@@ -26,6 +35,11 @@ pub const REGISTRY_BACKOFF_START: Duration = Duration::from_millis(200);
 pub const REGISTRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Pause after `503 not_ready` when the registry sent no `Retry-After`.
 pub const NOT_READY_DEFAULT_WAIT: Duration = Duration::from_secs(1);
+/// Pause after a conflict (`reset_required`, `address_conflict`, `expect_conflict`) when the
+/// registry sent no `Retry-After`: the registry's default heartbeat interval.
+pub const CONFLICT_DEFAULT_WAIT: Duration = Duration::from_secs(5);
+/// A conflict that goes on is logged again at most this often.
+pub const CONFLICT_LOG_EVERY: Duration = Duration::from_secs(30);
 /// The graceful leave on stop gets this long, so a dead registry never delays the stop.
 pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -85,37 +99,49 @@ impl RegistryLink {
     }
 
     /// One claim: the registry answers the same role to the same node while the claim holds,
-    /// so claiming again is also how the claim is renewed.
-    pub async fn claim_once(&self) -> Result<ClaimResponse, ClientError> {
+    /// so claiming again is also how the claim is renewed. `started`: the role this node's
+    /// agent already runs as and its raft (a renewal while the agent starts), so that a
+    /// registry that lost its data never tells it `bootstrap`.
+    pub async fn claim_once(
+        &self,
+        started: Option<(GrantedRole, Option<RaftIdentity>)>,
+    ) -> Result<ClaimResponse, ClientError> {
+        let (started_as, raft) = match started {
+            Some((role, raft)) => (Some(role), raft),
+            None => (None, None),
+        };
         let request = ClaimRequest {
             node: self.node.clone(),
             address: self.address.clone(),
             expect: self.expect,
             agent_only: self.agent_only,
-            started_as: None,
-            raft: None,
+            started_as,
+            raft,
         };
         self.client.claim(&self.cluster, &request).await
     }
 
-    /// Claims at start: waits out `503 not_ready` (the registry's startup grace), retries an
-    /// unreachable registry with backoff for at most `retry_limit`, and gives up on a refusal.
-    pub async fn claim_at_start(&self, retry_limit: Duration) -> Result<ClaimResponse, Exit> {
+    /// Claims at start: waits out `503 not_ready` and the conflicts the registry may resolve
+    /// (see the module's header), for at most `wait_limit` in all; retries an unreachable
+    /// registry with backoff for at most `retry_limit`; gives up on any other refusal.
+    pub async fn claim_at_start(
+        &self,
+        retry_limit: Duration,
+        wait_limit: Duration,
+    ) -> Result<ClaimResponse, Exit> {
         let mut unreachable_since: Option<Instant> = None;
         let mut backoff = REGISTRY_BACKOFF_START;
+        let mut waiting = ClaimWait::new(wait_limit);
         loop {
-            match self.claim_once().await {
+            match self.claim_once(None).await {
                 Ok(claim) => return Ok(claim),
                 Err(ClientError::Api {
-                    code: ErrorCode::NotReady,
+                    code,
                     retry_after,
                     message,
                     ..
-                }) => {
-                    let wait = retry_after
-                        .filter(|w| !w.is_zero())
-                        .unwrap_or(NOT_READY_DEFAULT_WAIT);
-                    info!(wait = ?wait, %message, "the registry is not ready to grant roles yet; waiting as it asked");
+                }) if waits(code) => {
+                    let wait = waiting.next(code, &message, retry_after, Instant::now())?;
                     unreachable_since = None;
                     backoff = REGISTRY_BACKOFF_START;
                     tokio::time::sleep(wait).await;
@@ -159,18 +185,21 @@ impl RegistryLink {
         }
     }
 
+    /// One heartbeat; `raft` is the raft the agent belongs to, when known (the registry
+    /// refuses one of another raft than the cluster's with `409 wrong_raft`).
     pub async fn heartbeat(
         &self,
         role: MemberRole,
         status: Option<AgentStatus>,
         meta: BTreeMap<String, String>,
+        raft: Option<RaftIdentity>,
     ) -> Result<HeartbeatResponse, ClientError> {
         let request = HeartbeatRequest {
             address: self.address.clone(),
             role,
             status,
             meta,
-            raft: None,
+            raft,
         };
         self.client
             .heartbeat(&self.cluster, &self.node, &request)
@@ -195,5 +224,171 @@ impl RegistryLink {
 impl JoinTargets for RegistryLink {
     async fn live_server_addresses(&self) -> Option<Vec<String>> {
         RegistryLink::live_server_addresses(self).await
+    }
+}
+
+/// True for the answers a claim waits out: the registry asks to come back later, and the
+/// answer may change by itself (a startup grace ends, a conflicting entry expires, a raft
+/// comes back) or by an operator's hand (a reset, a fixed `expect`).
+pub fn waits(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotReady
+            | ErrorCode::ResetRequired
+            | ErrorCode::AddressConflict
+            | ErrorCode::ExpectConflict
+    )
+}
+
+/// The claim's waiting: since when, for how long at most, and when a conflict was last
+/// logged. Plain values, so the pacing is tested without a registry.
+#[derive(Debug)]
+pub struct ClaimWait {
+    limit: Duration,
+    /// The first answer that asked to wait: the deadline counts from here.
+    since: Option<Instant>,
+    /// The last conflict logged at warn level, and when: the same one again is logged at
+    /// most every [`CONFLICT_LOG_EVERY`].
+    logged: Option<(ErrorCode, Instant)>,
+}
+
+impl ClaimWait {
+    pub fn new(limit: Duration) -> ClaimWait {
+        ClaimWait {
+            limit,
+            since: None,
+            logged: None,
+        }
+    }
+
+    /// The pause before claiming again after `code`, or the exit once the claim has waited
+    /// `limit` in all.
+    pub fn next(
+        &mut self,
+        code: ErrorCode,
+        message: &str,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) -> Result<Duration, Exit> {
+        let since = *self.since.get_or_insert(now);
+        let waited = now.duration_since(since);
+        if waited >= self.limit {
+            return Err(Exit::new(
+                EXIT_CLAIM_WAIT_LIMIT,
+                format!(
+                    "the claim waited {} (--claim-wait-limit {}) and the registry still answers {code}: {message}",
+                    humantime::format_duration(Duration::from_secs(waited.as_secs())),
+                    humantime::format_duration(self.limit)
+                ),
+            ));
+        }
+        let default = if code == ErrorCode::NotReady {
+            NOT_READY_DEFAULT_WAIT
+        } else {
+            CONFLICT_DEFAULT_WAIT
+        };
+        let wait = retry_after
+            .filter(|w| !w.is_zero())
+            .unwrap_or(default)
+            // Never past the deadline: the last answer is asked for before it.
+            .min(self.limit - waited)
+            .max(Duration::from_millis(100));
+        let left = humantime::format_duration(Duration::from_secs((self.limit - waited).as_secs()));
+        if code == ErrorCode::NotReady {
+            info!(wait = ?wait, %message, "the registry is not ready to grant roles yet; waiting as it asked");
+        } else {
+            let due = match self.logged {
+                Some((last, at)) => last != code || now.duration_since(at) >= CONFLICT_LOG_EVERY,
+                None => true,
+            };
+            if due {
+                warn!(%code, retry_in = ?wait, gives_up_in = %left, %message, "the registry refuses this claim for now; no agent is started, asking again until it answers a role or --claim-wait-limit runs out");
+                self.logged = Some((code, now));
+            }
+        }
+        Ok(wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// (seconds since the first answer, code, Retry-After, pause or exit code)
+    type Round = (u64, ErrorCode, Option<Duration>, Result<Duration, i32>);
+
+    #[test]
+    fn conflicts_are_waited_out_as_asked_until_the_limit_then_exit_75() {
+        let t0 = Instant::now();
+        let mut wait = ClaimWait::new(10 * SECOND);
+        let table: [Round; 6] = [
+            (0, ErrorCode::NotReady, Some(2 * SECOND), Ok(2 * SECOND)),
+            (2, ErrorCode::ResetRequired, Some(SECOND), Ok(SECOND)),
+            (3, ErrorCode::ResetRequired, None, Ok(CONFLICT_DEFAULT_WAIT)),
+            // Never past the deadline.
+            (
+                8,
+                ErrorCode::AddressConflict,
+                Some(4 * SECOND),
+                Ok(2 * SECOND),
+            ),
+            (9, ErrorCode::NotReady, None, Ok(NOT_READY_DEFAULT_WAIT)),
+            (
+                10,
+                ErrorCode::ExpectConflict,
+                Some(SECOND),
+                Err(EXIT_CLAIM_WAIT_LIMIT),
+            ),
+        ];
+        for (at, code, retry_after, expected) in table {
+            let got = wait
+                .next(code, "m", retry_after, t0 + Duration::from_secs(at))
+                .map_err(|e| e.code);
+            assert_eq!(got, expected, "at {at} s: {code}");
+        }
+    }
+
+    #[test]
+    fn a_conflict_is_logged_first_then_at_most_every_30_seconds_or_when_it_changes() {
+        let t0 = Instant::now();
+        let mut wait = ClaimWait::new(600 * SECOND);
+        let mut logged_at = vec![];
+        for (at, code) in [
+            (0, ErrorCode::ResetRequired),
+            (5, ErrorCode::ResetRequired),
+            (29, ErrorCode::ResetRequired),
+            (30, ErrorCode::ResetRequired),
+            (31, ErrorCode::AddressConflict),
+            (35, ErrorCode::AddressConflict),
+        ] {
+            let before = wait.logged;
+            wait.next(code, "m", Some(SECOND), t0 + Duration::from_secs(at))
+                .expect("within the limit");
+            if wait.logged != before {
+                logged_at.push(at);
+            }
+        }
+        assert_eq!(logged_at, [0, 30, 31]);
+    }
+
+    #[test]
+    fn only_answers_that_may_change_are_waited_out() {
+        for code in [
+            ErrorCode::NotReady,
+            ErrorCode::ResetRequired,
+            ErrorCode::AddressConflict,
+            ErrorCode::ExpectConflict,
+        ] {
+            assert!(waits(code), "{code}");
+        }
+        for code in [
+            ErrorCode::WrongRaft,
+            ErrorCode::Unauthorized,
+            ErrorCode::InvalidNodeName,
+        ] {
+            assert!(!waits(code), "{code}");
+        }
     }
 }

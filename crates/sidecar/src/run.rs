@@ -1,13 +1,17 @@
 //! `rollcall-sidecar run`: decide how to start, start, supervise, stop.
 //!
 //! 1. Decide: a data directory with raft state restarts the agent from it without claiming
-//!    (it must never bootstrap or be added again); otherwise claim a role, waiting out the
-//!    registry's startup grace and retrying an unreachable registry up to a limit.
+//!    (it must never bootstrap or be added again), reporting the raft its identity file
+//!    names; otherwise claim a role, waiting while the registry asks (startup grace, reset
+//!    required, conflicts: at most `--claim-wait-limit`) and retrying an unreachable
+//!    registry up to a limit, then write the raft the answer names to the identity file.
 //! 2. Start the member loop (claim renewal, then heartbeats), then prepare the agent's
 //!    command (etcd adds its member here) and spawn it.
 //! 3. Supervise: forward SIGHUP; on SIGTERM or SIGINT forward it, leave the registry, wait
 //!    for the agent up to the stop timeout, then kill it. When the agent exits on its own,
-//!    leave the registry and exit with the agent's code.
+//!    leave the registry and exit with the agent's code. When the member loop ends because
+//!    the registry refused this member as another raft's and never listed it, stop the
+//!    agent the same way, move the data directory aside and exit 76.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +21,11 @@ use rollcall_protocol::GrantedRole;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument as _};
 
-use crate::config::Settings;
+use crate::config::{EngineKind, Settings};
 use crate::engine::{Engine, StartPlan};
-use crate::exit::{Exit, EXIT_SIGNAL_BASE};
-use crate::member_loop::{interval_from_ms, MemberLoop, FALLBACK_HEARTBEAT_INTERVAL};
+use crate::exit::{Exit, EXIT_INTERNAL, EXIT_SIGNAL_BASE, EXIT_WRONG_RAFT};
+use crate::member_loop::{interval_from_ms, LoopEnd, MemberLoop, FALLBACK_HEARTBEAT_INTERVAL};
+use crate::raft_identity::{move_data_aside, IdentityStore};
 use crate::registry_link::RegistryLink;
 use crate::supervisor::{start_reaper, Agent, Signals};
 
@@ -30,9 +35,14 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
     let exits = start_reaper()?;
     let engine = Arc::new(Engine::new(&settings)?);
     let registry = Arc::new(RegistryLink::new(&settings)?);
+    let identity = Arc::new(IdentityStore::load(
+        &settings.data_dir,
+        &settings.cluster,
+        settings.engine != EngineKind::Exec,
+    ));
 
     let decision = tokio::select! {
-        decision = decide(&engine, &registry, &settings) => decision?,
+        decision = decide(&engine, &registry, &identity, &settings) => decision?,
         signal = signals.recv_stop() => {
             info!(signal = %signal, "stopped before the agent started");
             return Ok(EXIT_SIGNAL_BASE + signal as i32);
@@ -45,14 +55,22 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
         role: decision.plan.member_role(),
         granted: decision.granted,
         interval: decision.interval,
+        identity: identity.clone(),
     });
 
+    let raft = identity.identity();
     let command = tokio::select! {
-        command = engine.prepare(&decision.plan, registry.as_ref()) => command,
+        command = engine.prepare(&decision.plan, raft.as_ref(), registry.as_ref()) => command,
         signal = signals.recv_stop() => {
             info!(signal = %signal, "stopped while preparing the agent");
             member_loop.stop().await;
             return Ok(EXIT_SIGNAL_BASE + signal as i32);
+        }
+        end = member_loop.ended() => {
+            let LoopEnd::WrongRaft(message) = end else {
+                return Err(Exit::new(EXIT_INTERNAL, "the member loop ended by itself"));
+            };
+            return Err(leave_raft(&settings, &message));
         }
     };
     let command = match command {
@@ -92,14 +110,49 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
                 info!(code, "the agent stopped");
                 return Ok(code);
             }
+            end = member_loop.ended() => {
+                let LoopEnd::WrongRaft(message) = end else {
+                    continue;
+                };
+                // No leave: the registry never listed this member, and a leave by name could
+                // remove a member of the cluster's own raft that has the same name.
+                warn!(timeout = ?settings.stop_timeout, "stopping the agent: the registry refused this member as another raft's, and never listed it");
+                agent.signal(Signal::SIGTERM);
+                let code = wait_forwarding(&mut agent, &mut signals, settings.stop_timeout).await;
+                info!(code, "the agent stopped");
+                return Err(leave_raft(&settings, &message));
+            }
         }
+    }
+}
+
+/// Moves the data directory of a member the registry refused as another raft's (and never
+/// listed) aside, nothing deleted, and returns the exit that says so: the next start finds
+/// no raft state and claims afresh.
+fn leave_raft(settings: &Settings, message: &str) -> Exit {
+    match move_data_aside(&settings.data_dir) {
+        Ok(aside) => Exit::new(
+            EXIT_WRONG_RAFT,
+            format!(
+                "the registry refused this member as another raft's, and never listed it: {message}; its data directory {} was moved to {} (nothing deleted), so the next start claims afresh",
+                settings.data_dir.display(),
+                aside.display()
+            ),
+        ),
+        Err(error) => Exit::new(
+            EXIT_INTERNAL,
+            format!(
+                "the registry refused this member as another raft's ({message}), but its data directory {} could not be moved aside: {error}",
+                settings.data_dir.display()
+            ),
+        ),
     }
 }
 
 /// The member loop's task and the switch that ends it.
 struct RunningLoop {
     stop: watch::Sender<bool>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<LoopEnd>>,
 }
 
 impl RunningLoop {
@@ -111,6 +164,17 @@ impl RunningLoop {
                 member_loop.run(stop_receiver).in_current_span(),
             )),
         }
+    }
+
+    /// Waits for the loop to end by itself (it ends only when this member must leave its
+    /// raft); never, once it has ended or been stopped.
+    async fn ended(&mut self) -> LoopEnd {
+        let Some(task) = self.task.as_mut() else {
+            return std::future::pending().await;
+        };
+        let end = task.await.unwrap_or(LoopEnd::Stopped);
+        self.task = None;
+        end
     }
 
     /// Ends the loop, so that no heartbeat follows the leave.
@@ -151,11 +215,16 @@ struct Decision {
 async fn decide(
     engine: &Engine,
     registry: &RegistryLink,
+    identity: &IdentityStore,
     settings: &Settings,
 ) -> Result<Decision, Exit> {
     if engine.has_raft_state() {
+        let record = identity.record();
         info!(
             data_dir = %settings.data_dir.display(),
+            raft_generation = record.as_ref().map(|r| r.generation),
+            raft_nonce = record.as_ref().map(|r| r.nonce.as_str()),
+            listed = record.as_ref().is_some_and(|r| r.listed),
             "the data directory holds raft state: restarting from it without claiming (a member with its log is never bootstrapped or added again)"
         );
         let join = registry.live_server_addresses().await.unwrap_or_default();
@@ -167,7 +236,7 @@ async fn decide(
         });
     }
     let claim = registry
-        .claim_at_start(settings.registry_retry_limit)
+        .claim_at_start(settings.registry_retry_limit, settings.claim_wait_limit)
         .await?;
     let join: Vec<String> = claim.join.iter().map(|t| t.address.clone()).collect();
     info!(
@@ -175,8 +244,12 @@ async fn decide(
         reason = %claim.reason,
         join = ?join,
         expect = claim.expect,
+        raft_generation = claim.raft.as_ref().map(|r| r.generation),
+        raft_nonce = claim.raft.as_ref().map(|r| r.nonce.as_str()),
         "the registry granted a role"
     );
+    // Before the agent starts: a restart from its data must report the same raft.
+    identity.claimed(claim.raft.as_ref())?;
     let plan = match claim.role {
         GrantedRole::Bootstrap => StartPlan::Bootstrap,
         GrantedRole::Server => StartPlan::Server { join },

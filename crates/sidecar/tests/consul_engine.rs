@@ -219,7 +219,10 @@ async fn granted_roles_become_consul_command_lines() {
             ],
         ),
     ] {
-        let command = engine.prepare(&plan, &registry).await.expect("command");
+        let command = engine
+            .prepare(&plan, None, &registry)
+            .await
+            .expect("command");
         assert_eq!(command.program, "consul");
         assert_eq!(command.args, strings(&expected), "{plan:?}");
     }
@@ -229,7 +232,7 @@ async fn granted_roles_become_consul_command_lines() {
     std::fs::write(temp.path().join("raft/raft.db"), b"").expect("write");
     assert!(engine.has_raft_state());
     let command = engine
-        .prepare(&StartPlan::Restart { join }, &registry)
+        .prepare(&StartPlan::Restart { join }, None, &registry)
         .await
         .expect("command");
     assert!(command.args.contains(&"-server".to_string()));

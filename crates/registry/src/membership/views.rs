@@ -94,6 +94,7 @@ impl Membership {
                 generation: r.generation,
                 expect: r.expect,
                 known_at_unix_ms: r.known_at_unix_ms,
+                nonce: r.nonce.clone(),
             }),
             last_reset: cs.last_reset.as_ref().map(|r| ResetSummary {
                 at_unix_ms: r.at_unix_ms,

@@ -4,9 +4,13 @@
 //!
 //! The command sees `ROLLCALL_GRANTED_ROLE` (`bootstrap`, `server`, `agent` or `restart`),
 //! `ROLLCALL_JOIN_TARGETS` (comma-separated `host:port`), `ROLLCALL_NODE_NAME` and
-//! `ROLLCALL_ADVERTISE_ADDRESS`. It is healthy while `--health-url` answers 2xx, or, without
+//! `ROLLCALL_ADVERTISE_ADDRESS`, and when the registry named the raft, `ROLLCALL_RAFT_GENERATION`
+//! and `ROLLCALL_RAFT_NONCE` (the command may use them as etcd uses its cluster token). It is
+//! healthy while `--health-url` answers 2xx, or, without
 //! one, while the process runs. It has no raft state the sidecar can recognise, and
 //! reports no raft status.
+
+use rollcall_protocol::RaftIdentity;
 
 use super::{describe, AgentCommand, Health, StartPlan};
 use crate::config::Settings;
@@ -32,22 +36,34 @@ impl ExecEngine {
         }
     }
 
-    pub fn command(&self, plan: &StartPlan) -> Result<AgentCommand, Exit> {
+    pub fn command(
+        &self,
+        plan: &StartPlan,
+        raft: Option<&RaftIdentity>,
+    ) -> Result<AgentCommand, Exit> {
         let (program, args) = self.command.split_first().ok_or_else(|| {
             Exit::new(
                 EXIT_CONFIG,
                 "the exec engine needs the agent command after `--`",
             )
         })?;
+        let mut env = vec![
+            ("ROLLCALL_GRANTED_ROLE".into(), plan.name().into()),
+            ("ROLLCALL_JOIN_TARGETS".into(), plan.join().join(",")),
+            ("ROLLCALL_NODE_NAME".into(), self.node.clone()),
+            ("ROLLCALL_ADVERTISE_ADDRESS".into(), self.advertise.clone()),
+        ];
+        if let Some(raft) = raft {
+            env.push((
+                "ROLLCALL_RAFT_GENERATION".into(),
+                raft.generation.to_string(),
+            ));
+            env.push(("ROLLCALL_RAFT_NONCE".into(), raft.nonce.clone()));
+        }
         Ok(AgentCommand {
             program: program.clone(),
             args: args.to_vec(),
-            env: vec![
-                ("ROLLCALL_GRANTED_ROLE".into(), plan.name().into()),
-                ("ROLLCALL_JOIN_TARGETS".into(), plan.join().join(",")),
-                ("ROLLCALL_NODE_NAME".into(), self.node.clone()),
-                ("ROLLCALL_ADVERTISE_ADDRESS".into(), self.advertise.clone()),
-            ],
+            env,
         })
     }
 

@@ -15,7 +15,7 @@ pub mod exec;
 use std::future::Future;
 use std::time::Duration;
 
-use rollcall_protocol::{AgentStatus, MemberRole};
+use rollcall_protocol::{AgentStatus, MemberRole, RaftIdentity};
 
 use crate::config::{EngineKind, Settings};
 use crate::exit::Exit;
@@ -124,16 +124,19 @@ impl Engine {
 
     /// Builds the command for `plan`. etcd's `server` adds the member through a live
     /// server's API here, retrying its join targets until one answers or `join_timeout` ends;
-    /// `targets` is asked for fresh ones between rounds.
+    /// `targets` is asked for fresh ones between rounds. `raft` is the raft the registry
+    /// named: etcd's cluster token and exec's environment carry it; Consul has no setting
+    /// that names a raft (its servers find each other by address), so it gets nothing.
     pub async fn prepare(
         &self,
         plan: &StartPlan,
+        raft: Option<&RaftIdentity>,
         targets: &impl JoinTargets,
     ) -> Result<AgentCommand, Exit> {
         match self {
             Engine::Consul(e) => Ok(e.command(plan)),
-            Engine::Etcd(e) => e.prepare(plan, targets).await,
-            Engine::Exec(e) => e.command(plan),
+            Engine::Etcd(e) => e.prepare(plan, raft, targets).await,
+            Engine::Exec(e) => e.command(plan, raft),
         }
     }
 

@@ -13,6 +13,12 @@
 //! heartbeat that succeeds returns the loop to the normal interval. The registry being down
 //! never touches the agent.
 //!
+//! Heartbeats and renewals carry the raft this member belongs to (its identity file, see
+//! [`crate::raft_identity`]); renewals also say the role the agent was started as, so that a
+//! registry that lost its data never tells it `bootstrap`. The first heartbeat the registry
+//! accepts is recorded in the identity file (`listed`). A refusal as another raft's ends the
+//! loop only when this member was never listed ([`LoopEnd::WrongRaft`]).
+//!
 //! This file does the I/O of each round (read the health, promote a learner, send, sleep
 //! or stop); what to do is decided by the state machine in [`state`].
 
@@ -22,13 +28,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use rollcall_protocol::{GrantedRole, MemberRole};
+use rollcall_protocol::{ClientError, ErrorCode, GrantedRole, MemberRole};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::state::{retry_pause, ClaimOutcome, HeartbeatOutcome, MemberState, Step};
 pub use self::state::{HEARTBEAT_RETRY_MAX, STARTING_HEALTH_POLL};
 use crate::engine::{Engine, Health};
+use crate::raft_identity::IdentityStore;
 use crate::registry_link::RegistryLink;
 
 /// Heartbeat interval until the registry has named one (a restart that did not claim).
@@ -46,11 +53,23 @@ pub struct MemberLoop {
     /// which case there is no claim to renew.
     pub granted: Option<GrantedRole>,
     pub interval: Duration,
+    /// The raft the agent belongs to, reported with heartbeats and renewals.
+    pub identity: Arc<IdentityStore>,
+}
+
+/// Why the loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoopEnd {
+    /// `stop` turned true.
+    Stopped,
+    /// The registry refused this member as another raft's and never listed it: the agent
+    /// must stop and its data move aside. The registry's message.
+    WrongRaft(String),
 }
 
 impl MemberLoop {
-    /// Runs until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// Runs until `stop` turns true, or until this member must leave its raft.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) -> LoopEnd {
         let mut state = MemberState::new(
             self.role,
             self.granted,
@@ -71,8 +90,11 @@ impl MemberLoop {
                 }
                 Step::Pause(pause) => pause,
             };
+            if let Some(message) = state.leaving_raft() {
+                return LoopEnd::WrongRaft(message.to_string());
+            }
             if !pause_unless_stopped(pause, &mut stop).await {
-                return;
+                return LoopEnd::Stopped;
             }
         }
     }
@@ -92,12 +114,28 @@ impl MemberLoop {
         let status = self.engine.status(self.role).await;
         match self
             .registry
-            .heartbeat(self.role, status, self.engine.meta())
+            .heartbeat(
+                self.role,
+                status,
+                self.engine.meta(),
+                self.identity.identity(),
+            )
             .await
         {
-            Ok(answer) => HeartbeatOutcome::Accepted {
-                interval: interval_from_ms(answer.interval_ms),
-                registered: answer.registered,
+            Ok(answer) => {
+                self.identity.mark_listed();
+                HeartbeatOutcome::Accepted {
+                    interval: interval_from_ms(answer.interval_ms),
+                    registered: answer.registered,
+                }
+            }
+            Err(ClientError::Api {
+                code: ErrorCode::WrongRaft,
+                message,
+                ..
+            }) => HeartbeatOutcome::WrongRaft {
+                message,
+                listed: self.identity.listed(),
             },
             Err(error) if error.is_transient() => HeartbeatOutcome::Unreachable(error.to_string()),
             Err(error) => HeartbeatOutcome::Refused(error.to_string()),
@@ -105,13 +143,23 @@ impl MemberLoop {
     }
 
     /// Claiming again is how a claim is renewed: the registry answers the same role to the
-    /// same node while its claim holds.
+    /// same node while its claim holds. The renewal says the agent already runs (as the role
+    /// it was granted, in its raft).
     async fn renew_claim(&self) -> ClaimOutcome {
-        match self.registry.claim_once().await {
+        let started = self.granted.map(|role| (role, self.identity.identity()));
+        match self.registry.claim_once(started).await {
             Ok(claim) => ClaimOutcome::Answered {
                 role: claim.role,
                 reason: claim.reason,
                 interval: interval_from_ms(claim.interval_ms),
+            },
+            Err(ClientError::Api {
+                code: ErrorCode::WrongRaft,
+                message,
+                ..
+            }) => ClaimOutcome::WrongRaft {
+                message,
+                listed: self.identity.listed(),
             },
             Err(error) => ClaimOutcome::Failed(error.to_string()),
         }

@@ -10,6 +10,12 @@
 //! interval; one that finds the registry unreachable or failing is retried after a quarter
 //! of the interval (at most [`HEARTBEAT_RETRY_MAX`]), and one the registry refuses one
 //! interval later. Every pause after a heartbeat or a renewal is jittered.
+//!
+//! A heartbeat or a renewal refused as another raft's (`409 wrong_raft`): when the registry
+//! ever listed this member in its raft, the agent keeps running and the loop keeps trying
+//! each interval, with a warning each time (a raft is never stopped on the registry's word);
+//! when it never did, the loop ends and says so ([`MemberState::leaving_raft`]), and `run`
+//! stops the agent and moves its data aside.
 
 use std::time::Duration;
 
@@ -51,6 +57,9 @@ pub enum HeartbeatOutcome {
     Unreachable(String),
     /// The registry refused (a bad token, an invalid name): asking again soon does not help.
     Refused(String),
+    /// The registry refused this member as another raft's (`409 wrong_raft`); `listed`: the
+    /// registry accepted a heartbeat of it in its own raft before (the identity file says).
+    WrongRaft { message: String, listed: bool },
 }
 
 /// The registry's answer to a claim renewal.
@@ -62,6 +71,11 @@ pub enum ClaimOutcome {
         interval: Duration,
     },
     Failed(String),
+    /// Refused as another raft's (`409 wrong_raft`); `listed` as for heartbeats.
+    WrongRaft {
+        message: String,
+        listed: bool,
+    },
 }
 
 /// Everything the loop's decisions depend on besides what it observes in a round.
@@ -90,6 +104,9 @@ pub struct MemberState {
     /// them failed, so that an outage is logged once when it starts and once when it ends.
     failed_heartbeats: u32,
     failing_since: Option<Instant>,
+    /// Set when the registry refused this member as another raft's and never listed it: the
+    /// loop ends, and `run` stops the agent and moves its data aside. The registry's message.
+    leaving_raft: Option<String>,
     /// Shortens a pause by up to [`super::HEARTBEAT_JITTER`] to spread a fleet's requests;
     /// tests pass the identity.
     jitter: fn(Duration) -> Duration,
@@ -113,7 +130,24 @@ impl MemberState {
             healthy: false,
             failed_heartbeats: 0,
             failing_since: None,
+            leaving_raft: None,
             jitter,
+        }
+    }
+
+    /// The registry's message when this member must leave its raft: refused as another
+    /// raft's, and never listed in the cluster's. The loop ends when this is set.
+    pub fn leaving_raft(&self) -> Option<&str> {
+        self.leaving_raft.as_deref()
+    }
+
+    /// A refusal as another raft's: keep going when the raft was ever listed, else leave.
+    fn wrong_raft(&mut self, message: String, listed: bool) {
+        if listed {
+            warn!(%message, "the registry says this member belongs to another raft than the cluster's; it listed this raft before, so the agent keeps running (a raft is never stopped on the registry's word) and the next try comes in one interval");
+        } else {
+            warn!(%message, "the registry says this member belongs to another raft than the cluster's, and never listed it: stopping the agent and moving its data aside");
+            self.leaving_raft = Some(message);
         }
     }
 
@@ -185,6 +219,10 @@ impl MemberState {
                 warn!(%error, "heartbeat refused; the agent keeps running, next try in one interval");
                 (self.jitter)(self.interval)
             }
+            HeartbeatOutcome::WrongRaft { message, listed } => {
+                self.wrong_raft(message, listed);
+                (self.jitter)(self.interval)
+            }
         }
     }
 
@@ -217,6 +255,7 @@ impl MemberState {
             ClaimOutcome::Failed(error) => {
                 warn!(%error, "could not renew the claim; trying again in one interval")
             }
+            ClaimOutcome::WrongRaft { message, listed } => self.wrong_raft(message, listed),
         }
         self.next_claim = now + (self.jitter)(self.interval);
         self.unhealthy_poll()
@@ -324,6 +363,37 @@ mod tests {
             state.claim_answered(outcome, "no leader yet", now);
             assert_eq!(state.next_claim, now + 2 * SECOND);
         }
+    }
+
+    #[test]
+    fn wrong_raft_ends_the_loop_only_for_a_raft_that_was_never_listed() {
+        let t0 = Instant::now();
+        // Listed before: a warning, the next try one interval later, the loop goes on.
+        let mut state = MemberState::new(MemberRole::Server, None, 2 * SECOND, t0, no_jitter);
+        state.health_read(&Ok(()), t0);
+        let refused = |listed| HeartbeatOutcome::WrongRaft {
+            message: "another raft".into(),
+            listed,
+        };
+        assert_eq!(state.heartbeat_answered(refused(true), t0), 2 * SECOND);
+        assert_eq!(state.leaving_raft(), None);
+        assert_eq!(state.health_read(&Ok(()), t0 + 2 * SECOND), Step::Heartbeat);
+        // Never listed: the loop is told to leave the raft.
+        state.heartbeat_answered(refused(false), t0);
+        assert_eq!(state.leaving_raft(), Some("another raft"));
+
+        // The same rule for a claim renewal.
+        let mut state = granted_server(t0);
+        assert_eq!(state.health_read(&starting(), t0 + SECOND), renew());
+        state.claim_answered(
+            ClaimOutcome::WrongRaft {
+                message: "another raft".into(),
+                listed: false,
+            },
+            "no leader yet",
+            t0 + SECOND,
+        );
+        assert_eq!(state.leaving_raft(), Some("another raft"));
     }
 
     #[test]

@@ -108,6 +108,19 @@ impl ProcessGuard {
         }
     }
 
+    /// The exit status if the process has exited (it is reaped then), else `None`.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let status = child.try_wait().expect("try_wait")?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        self.child.is_some() && self.try_exit().is_none()
+    }
+
     /// Waits for the process to exit by itself.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;

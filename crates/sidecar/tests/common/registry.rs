@@ -1,5 +1,7 @@
 //! The registry for the sidecar's tests: the real one, served in the test process on a
-//! listener bound before it starts, with timing that keeps tests quick.
+//! listener bound before it starts, with timing that keeps tests quick; and, for the tests
+//! whose subject is the registry's process (frozen by SIGSTOP), the `rollcall-registry`
+//! binary ([`RegistryProcess`]).
 
 use std::ffi::OsString;
 use std::net::TcpListener;
@@ -9,7 +11,7 @@ use std::time::Duration;
 use clap::Parser as _;
 use rollcall_protocol::{MemberRole, MembersResponse, RegistryClient};
 
-use super::{poll_until, print_log_tail, unique};
+use super::{free_port, poll_until, print_log_tail, unique, ProcessGuard};
 
 /// Registry timing that keeps tests quick (the registry requires grace and quiet period
 /// of at least one interval, and an interval below the TTL).
@@ -178,5 +180,92 @@ impl Drop for TestRegistry {
             print_log_tail("registry", &self.log_text());
         }
         self.kill();
+    }
+}
+
+/// The `rollcall-registry` binary, next to this package's binary in the target directory.
+/// A sidecar test cannot make cargo build another package's binary (a dev-dependency
+/// builds only its library), so the workspace build (`cargo build --workspace`, or
+/// `cargo build -p rollcall-registry`) must have built it.
+pub fn registry_bin() -> PathBuf {
+    let bin = Path::new(super::sidecar_bin()).with_file_name("rollcall-registry");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p rollcall-registry` first",
+        bin.display()
+    );
+    bin
+}
+
+/// The registry as a process of its own, for tests that freeze it (SIGSTOP) or otherwise
+/// act on the process. Killed by pid when it drops; its log is in the test's log directory.
+#[derive(Debug)]
+pub struct RegistryProcess {
+    pub port: u16,
+    pub client: RegistryClient,
+    pub process: ProcessGuard,
+}
+
+impl RegistryProcess {
+    /// Starts the binary with `data_dir`, the test timing and `extra`, on a free port (a
+    /// port taken between choosing and binding makes it exit: then another is tried), and
+    /// waits for /health.
+    pub async fn start(data_dir: &Path, logs: &Path, extra: &[&str]) -> RegistryProcess {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut command = std::process::Command::new(registry_bin());
+            command
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(data_dir)
+                .args(REGISTRY_TIMING)
+                .args(extra)
+                .env("ROLLCALL_LOG", "info");
+            let mut process = ProcessGuard::spawn(
+                "registry",
+                command,
+                unique(logs.join(format!("registry-process-{port}.log"))),
+            );
+            let client =
+                RegistryClient::new(format!("http://127.0.0.1:{port}"), None).expect("client");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if process.try_exit().is_some() {
+                    break; // most likely the port was taken
+                }
+                if client.health().await.is_ok() {
+                    return RegistryProcess {
+                        port,
+                        client,
+                        process,
+                    };
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "rollcall-registry did not answer /health within 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("could not start rollcall-registry on a free port");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
+    pub async fn members(&self, cluster: &str) -> Option<MembersResponse> {
+        self.client.members(cluster, None).await.ok()
+    }
+
+    /// `Some(())` once `cluster` lists `node`, for [`poll_until`].
+    pub async fn listing(&self, cluster: &str, node: &str) -> Option<()> {
+        let members = self.members(cluster).await?;
+        members.members.iter().any(|m| m.node == node).then_some(())
     }
 }

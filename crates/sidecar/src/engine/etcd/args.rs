@@ -19,6 +19,19 @@ pub struct EtcdArgs<'a> {
     pub client_port: u16,
     pub peer_port: u16,
     pub passthrough: &'a [String],
+    /// The nonce of the raft the registry named, when it named one.
+    pub raft_nonce: Option<&'a str>,
+}
+
+/// `--initial-cluster-token`: `<cluster>-<nonce>` when the registry named the raft, so that
+/// two rafts under one cluster name get different cluster IDs and etcd itself refuses peer
+/// traffic between them; the cluster name alone when it named none (a registry of an older
+/// version), as before.
+pub fn cluster_token(cluster: &str, raft_nonce: Option<&str>) -> String {
+    match raft_nonce {
+        Some(nonce) => format!("{cluster}-{nonce}"),
+        None => cluster.to_string(),
+    }
 }
 
 /// How a member's cluster membership is set on its command line.
@@ -55,12 +68,18 @@ pub fn member_args(a: &EtcdArgs<'_>, initial: Initial<'_>) -> Vec<String> {
                 url(a.advertise_host, a.peer_port)
             ));
             args.push("--initial-cluster-state=new".into());
-            args.push(format!("--initial-cluster-token={}", a.cluster));
+            args.push(format!(
+                "--initial-cluster-token={}",
+                cluster_token(a.cluster, a.raft_nonce)
+            ));
         }
         Initial::Existing(members) => {
             args.push(format!("--initial-cluster={members}"));
             args.push("--initial-cluster-state=existing".into());
-            args.push(format!("--initial-cluster-token={}", a.cluster));
+            args.push(format!(
+                "--initial-cluster-token={}",
+                cluster_token(a.cluster, a.raft_nonce)
+            ));
         }
         Initial::FromData => {}
     }
@@ -114,7 +133,44 @@ mod tests {
             client_port: 2379,
             peer_port: 2380,
             passthrough,
+            raft_nonce: None,
         }
+    }
+
+    #[test]
+    fn the_cluster_token_names_the_raft_when_the_registry_named_one() {
+        let with = EtcdArgs {
+            raft_nonce: Some("00ff00ff00ff00ff"),
+            ..args(&[])
+        };
+        // (initial state, registry named a raft, token)
+        for (initial, named, token) in [
+            (
+                Initial::New,
+                true,
+                "--initial-cluster-token=c-00ff00ff00ff00ff",
+            ),
+            (Initial::New, false, "--initial-cluster-token=c"),
+            (
+                Initial::Existing("n1=http://10.0.0.1:2380"),
+                true,
+                "--initial-cluster-token=c-00ff00ff00ff00ff",
+            ),
+            (
+                Initial::Existing("n1=http://10.0.0.1:2380"),
+                false,
+                "--initial-cluster-token=c",
+            ),
+        ] {
+            let a = if named { with.clone() } else { args(&[]) };
+            assert!(
+                member_args(&a, initial).contains(&token.to_string()),
+                "{initial:?} {named}"
+            );
+        }
+        assert!(!member_args(&with, Initial::FromData)
+            .iter()
+            .any(|a| a.starts_with("--initial-cluster-token")));
     }
 
     #[test]

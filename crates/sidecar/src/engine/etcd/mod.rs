@@ -6,10 +6,13 @@
 //! means calling a member's client API (`/v3/cluster/member/add`) and a gateway proxies to
 //! client ports too. The peer port is not derived from the client port: it comes from
 //! `--etcd-peer-port` (2380 by default), and the heartbeat's metadata carries both URLs
-//! (`client_url`, `peer_url`) for people reading `/v1/clusters/{c}/members`.
+//! (`client_url`, `peer_url`) for people reading `/v1/clusters/{c}/members`, and, once
+//! etcd has answered a status request, which raft it is (`etcd_cluster_id`, and for a member
+//! `etcd_member_id`: [`status::raft_ids`]).
 //!
 //! Roles:
-//! - `bootstrap`: a new one-member cluster (`--initial-cluster-state new`).
+//! - `bootstrap`: a new one-member cluster (`--initial-cluster-state new`, token
+//!   `<cluster>-<nonce>` of the raft the registry named: [`args::cluster_token`]).
 //! - `server`: the member adds itself as a **learner** through a live server, starts with
 //!   `--initial-cluster-state existing` and the member list that call returned, and is
 //!   promoted to a voter once it has caught up ([`join`]): the health check only reports
@@ -29,12 +32,12 @@ pub mod status;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use rollcall_protocol::{AgentStatus, MemberRole};
+use rollcall_protocol::{AgentStatus, MemberRole, RaftIdentity};
 
 use self::api::EtcdApi;
 use self::args::{gateway_args, member_args, url, EtcdArgs, Initial};
 use self::join::EtcdJoin;
-use self::status::{agent_status, parse_health};
+use self::status::{agent_status, parse_health, raft_ids};
 use super::{dir_has_entries, AgentCommand, Health, JoinTargets, StartPlan};
 use crate::config::{is_ip_literal, Settings};
 use crate::exit::Exit;
@@ -56,6 +59,9 @@ pub struct EtcdEngine {
     passthrough: Vec<String>,
     api: EtcdApi,
     join: EtcdJoin,
+    /// etcd's cluster ID (and member ID) from its last status answer, for the heartbeat's
+    /// metadata: the status is read just before each heartbeat.
+    raft_ids: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl EtcdEngine {
@@ -89,6 +95,7 @@ impl EtcdEngine {
                 settings.join_timeout,
             ),
             api,
+            raft_ids: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -105,10 +112,18 @@ impl EtcdEngine {
     }
 
     pub fn meta(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut meta = BTreeMap::from([
             ("client_url".to_string(), self.client_url()),
             ("peer_url".to_string(), self.peer_url()),
-        ])
+        ]);
+        meta.extend(
+            self.raft_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
+        meta
     }
 
     /// etcd writes its raft log under `member/wal` of the data directory.
@@ -116,7 +131,7 @@ impl EtcdEngine {
         dir_has_entries(&self.data_dir.join("member").join("wal"))
     }
 
-    fn args(&self) -> EtcdArgs<'_> {
+    fn args<'a>(&'a self, raft: Option<&'a RaftIdentity>) -> EtcdArgs<'a> {
         EtcdArgs {
             node: &self.node,
             cluster: &self.cluster,
@@ -126,21 +141,23 @@ impl EtcdEngine {
             client_port: self.client_port,
             peer_port: self.peer_port,
             passthrough: &self.passthrough,
+            raft_nonce: raft.map(|r| r.nonce.as_str()),
         }
     }
 
     pub async fn prepare(
         &self,
         plan: &StartPlan,
+        raft: Option<&RaftIdentity>,
         targets: &impl JoinTargets,
     ) -> Result<AgentCommand, Exit> {
         self.join.remember_join_targets(plan.join());
         let args = match plan {
-            StartPlan::Bootstrap => member_args(&self.args(), Initial::New),
-            StartPlan::Restart { .. } => member_args(&self.args(), Initial::FromData),
+            StartPlan::Bootstrap => member_args(&self.args(raft), Initial::New),
+            StartPlan::Restart { .. } => member_args(&self.args(raft), Initial::FromData),
             StartPlan::Server { join } => {
                 let initial_cluster = self.join.add_self_as_learner(join, targets).await?;
-                member_args(&self.args(), Initial::Existing(&initial_cluster))
+                member_args(&self.args(raft), Initial::Existing(&initial_cluster))
             }
             StartPlan::Agent { join } => {
                 let join = if join.is_empty() {
@@ -148,7 +165,7 @@ impl EtcdEngine {
                 } else {
                     join.clone()
                 };
-                gateway_args(&self.args(), &join)
+                gateway_args(&self.args(raft), &join)
             }
         };
         Ok(AgentCommand {
@@ -189,6 +206,7 @@ impl EtcdEngine {
     pub async fn status(&self, role: MemberRole) -> Option<AgentStatus> {
         let base = self.local_client_url();
         let status = self.api.status(&base).await.ok()?;
+        *self.raft_ids.lock().unwrap_or_else(|e| e.into_inner()) = raft_ids(&status, role);
         let list = self.api.member_list(&base).await.ok();
         Some(agent_status(
             &status,

@@ -42,9 +42,55 @@ pub fn agent_status(
     }
 }
 
+/// What the heartbeat's metadata says about which etcd raft this is: `etcd_cluster_id`
+/// always (two rafts under one cluster name have two), and for a member `etcd_member_id`
+/// (through a gateway the answer is a backend's, never this node's, so an agent has none).
+pub fn raft_ids(status: &StatusResponse, role: MemberRole) -> Vec<(String, String)> {
+    let mut ids = vec![(
+        "etcd_cluster_id".to_string(),
+        status.header.cluster_id.clone(),
+    )];
+    if role == MemberRole::Server {
+        ids.push((
+            "etcd_member_id".to_string(),
+            status.header.member_id.clone(),
+        ));
+    }
+    ids.retain(|(_, id)| !id.is_empty());
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_metadata_names_the_etcd_cluster_and_a_member_its_own_id() {
+        let status: StatusResponse = serde_json::from_str(
+            r#"{"header":{"cluster_id":"14035389283528514985","member_id":"10276657743932975437"},"leader":"10276657743932975437"}"#,
+        )
+        .expect("status");
+        assert_eq!(
+            raft_ids(&status, MemberRole::Server),
+            [
+                (
+                    "etcd_cluster_id".to_string(),
+                    "14035389283528514985".to_string()
+                ),
+                (
+                    "etcd_member_id".to_string(),
+                    "10276657743932975437".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            raft_ids(&status, MemberRole::Agent),
+            [(
+                "etcd_cluster_id".to_string(),
+                "14035389283528514985".to_string()
+            )]
+        );
+    }
 
     #[test]
     fn status_reads_leader_and_voters() {
