@@ -16,6 +16,9 @@
 //! each interval, with a warning each time (a raft is never stopped on the registry's word);
 //! when it never did, the loop ends and says so ([`MemberState::leaving_raft`]), and `run`
 //! stops the agent and moves its data aside.
+//!
+//! A little over 500 lines on purpose: the state machine and its table of rounds are read
+//! side by side.
 
 use std::time::Duration;
 
