@@ -76,3 +76,16 @@ pub fn name_list_schema() -> utoipa::openapi::schema::Array {
         .description(Some("node names"))
         .build()
 }
+
+/// `expect`: 1 to [`MAX_EXPECT`](crate::validate::MAX_EXPECT) servers, the validator's own bound.
+pub fn expect_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(utoipa::openapi::schema::SchemaFormat::KnownFormat(
+            utoipa::openapi::schema::KnownFormat::Int32,
+        )))
+        .minimum(Some(1))
+        .maximum(Some(crate::validate::MAX_EXPECT))
+        .description(Some("How many servers the raft wants (Consul's `-bootstrap-expect`)."))
+        .build()
+}

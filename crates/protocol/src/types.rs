@@ -285,7 +285,7 @@ pub struct ClaimRequest {
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::address_schema))]
     pub address: String,
     /// How many servers the raft wants (Consul's `-bootstrap-expect`).
-    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 7))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::expect_schema))]
     #[serde(deserialize_with = "crate::types::integral::u32")]
     pub expect: u32,
     /// Set by a node that only ever wants to be a client agent.
