@@ -86,6 +86,8 @@ pub fn expect_schema() -> Object {
         )))
         .minimum(Some(1))
         .maximum(Some(crate::validate::MAX_EXPECT))
-        .description(Some("How many servers the raft wants (Consul's `-bootstrap-expect`)."))
+        .description(Some(
+            "How many servers the raft wants (Consul's `-bootstrap-expect`).",
+        ))
         .build()
 }
