@@ -182,6 +182,7 @@ healthy_raft() { # members servers
 registry_answers() { curl -fsS --max-time 2 "$registry/health" >/dev/null 2>&1; }
 all_listed() { local n; for n in "$@"; do is_listed "$n" || return 1; done; }
 not_listed() { ! is_listed "$1"; }
+no_members() { [[ $(member_count) -eq 0 ]]; }
 
 # --- Talking to etcd ----------------------------------------------------------------------
 
@@ -398,8 +399,12 @@ record "a node started while the registry was paused for 2 x TTL: listed after t
 say "10. pause every raft container for $((2 * ttl_s))s while a fifth node starts"
 mapfile -t paused < <(raft_ids)
 docker pause "${paused[@]}" >/dev/null
+# The new node starts once the registry has expired the paused members, as a node started
+# long after a raft went quiet would.
+wait_for $((ttl_s + 1 + slack)) no_members >/dev/null ||
+    fail "the paused raft's members did not expire within TTL + 1s"
 compose up -d --no-deps --no-recreate --scale raft=5 raft >/dev/null 2>&1 || fail "compose could not scale raft to 5"
-sleep $((2 * ttl_s))
+sleep "$ttl_s"
 mapfile -t now_nodes < <(raft_ids)
 waiting=""
 for id in "${now_nodes[@]}"; do [[ " ${paused[*]} " == *" $id "* ]] || waiting="$id"; done
