@@ -27,7 +27,7 @@ use crate::api::{AppState, HttpLimits};
 use crate::config::Config;
 use crate::membership::Membership;
 use crate::serve::ServeOptions;
-use crate::store::Store;
+use crate::store::{OpenError, Store};
 
 /// How often the sweeper looks for expired members. Reads filter by deadline anyway, so this
 /// only bounds how late an expiry is logged and how long a dead entry occupies memory.
@@ -41,8 +41,19 @@ pub fn open_membership(config: &Config) -> anyhow::Result<Arc<Membership>> {
             config.data_dir.display()
         )
     })?;
-    let store = Store::open(&config.data_dir, config.cache_bytes)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let store = match Store::open_checked(
+        &config.data_dir,
+        config.cache_bytes,
+        config.accept_data_loss,
+    ) {
+        Ok(store) => store,
+        // Kept as the error itself, so that `main` finds it and exits with its code.
+        Err(OpenError::DataLoss(refused)) => return Err(refused.into()),
+        Err(OpenError::Storage(e)) => {
+            return Err(e)
+                .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
+        }
+    };
     let membership = Membership::open(store, config.timing, config.limits)
         .context("cannot load the stored state")?;
     Ok(Arc::new(membership))

@@ -4,11 +4,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rollcall_registry::config::{Cli, Command, LogFormat};
+use rollcall_registry::store::DataLossRefused;
 use tracing_subscriber::EnvFilter;
 
-/// Exit codes (BSD sysexits): 0 clean stop, 1 runtime failure, 64 bad configuration.
+/// Exit codes (BSD sysexits): 0 clean stop, 1 runtime failure, 64 bad configuration, 65 sled
+/// lost acknowledged writes (EX_DATAERR; `--accept-data-loss` starts anyway).
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
+const EXIT_DATA_LOSS: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -38,6 +41,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<DataLossRefused>() => {
+            tracing::error!("{e}");
+            ExitCode::from(EXIT_DATA_LOSS)
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "rollcall-registry stopped");
             ExitCode::from(EXIT_FAILURE)
