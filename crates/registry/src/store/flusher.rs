@@ -8,7 +8,7 @@
 //! paused test clock must not hide, and no decision depends on them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -53,6 +53,8 @@ pub(super) struct Committer {
     /// The store's write counter.
     pub(super) writes: Arc<AtomicU64>,
     pub(super) copy: Arc<Mutex<CopyState>>,
+    /// Set, for good, when the data directory is found removed or replaced.
+    pub(super) lost: Arc<OnceLock<String>>,
 }
 
 impl Committer {
@@ -91,10 +93,20 @@ impl Committer {
             .write(mark)
             .map_err(|e| io_error("writing the high-water mark", e))?;
         // Last: a directory removed while this commit ran leaves its writes on unlinked files.
-        self.place.check().map_err(|message| StoreError {
-            message,
-            disk_full: false,
-        })
+        self.place
+            .check()
+            .map_err(|message| lose(&self.lost, message))
+    }
+}
+
+/// Records that storage is lost for good (the first reason stays) and says so.
+pub(super) fn lose(lost: &OnceLock<String>, message: String) -> StoreError {
+    if lost.set(message.clone()).is_ok() {
+        tracing::error!(reason = %message, "storage is lost: from now on every write is refused and /health fails; restart the registry on a data directory");
+    }
+    StoreError {
+        message,
+        disk_full: false,
     }
 }
 

@@ -358,10 +358,12 @@ impl Place {
         ] {
             match Identity::of(path) {
                 Ok(now) if now == identity => {}
-                Ok(_) => return Err(format!(
+                Ok(_) => {
+                    return Err(format!(
                     "{what} {} was replaced under the running registry; writes no longer reach it",
                     path.display()
-                )),
+                ))
+                }
                 Err(e) => {
                     return Err(format!(
                         "{what} {} is gone ({e}); writes no longer reach the disk",

@@ -50,7 +50,7 @@ pub mod records;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
 
@@ -59,7 +59,9 @@ pub use records::{
     ResetRecord,
 };
 
-use flusher::{io_error, run_flusher, Committer, CopyState, FlushReply, FlusherStats, COMMIT_KEY};
+use flusher::{
+    io_error, lose, run_flusher, Committer, CopyState, FlushReply, FlusherStats, COMMIT_KEY,
+};
 use integrity::{
     grant_is_ahead, history_changes_decisively, history_is_ahead, judge, read_copy, read_mark,
     CopyRead, Decisive, Mark, MarkFile, MarkRead, Place, StartFacts, Verdict,
@@ -138,6 +140,9 @@ pub struct Store {
     copy: Arc<Mutex<CopyState>>,
     /// The data directory and mark file as opened, for `/health`.
     place: Place,
+    /// Set for good when the data directory or the mark file is found removed or replaced:
+    /// nothing written from then on can reach the disk, so every write is refused.
+    lost: Arc<OnceLock<String>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -283,7 +288,9 @@ impl Store {
             decisive,
             dirty: true,
         }));
+        let lost = Arc::new(OnceLock::new());
         let mut committer = Committer {
+            lost: lost.clone(),
             db: db.clone(),
             meta,
             log_file,
@@ -324,6 +331,7 @@ impl Store {
             writes,
             copy,
             place,
+            lost,
         })
     }
 
@@ -363,12 +371,14 @@ impl Store {
         node: &str,
         record: &MemberRecord,
     ) -> Result<(), StoreError> {
+        self.refuse_when_lost()?;
         self.members.insert(key(cluster, node), encode(record))?;
         self.count_write();
         Ok(())
     }
 
     pub fn delete_member(&self, cluster: &str, node: &str) -> Result<(), StoreError> {
+        self.refuse_when_lost()?;
         self.members.remove(key(cluster, node))?;
         self.count_write();
         Ok(())
@@ -380,12 +390,14 @@ impl Store {
         node: &str,
         record: &ClaimRecord,
     ) -> Result<(), StoreError> {
+        self.refuse_when_lost()?;
         self.claims.insert(key(cluster, node), encode(record))?;
         self.count_write();
         Ok(())
     }
 
     pub fn delete_claim(&self, cluster: &str, node: &str) -> Result<(), StoreError> {
+        self.refuse_when_lost()?;
         self.claims.remove(key(cluster, node))?;
         self.count_write();
         Ok(())
@@ -393,6 +405,7 @@ impl Store {
 
     /// Stores a grant, and marks the copy for the next commit when it changed.
     pub fn put_grant(&self, cluster: &str, record: &GrantRecord) -> Result<(), StoreError> {
+        self.refuse_when_lost()?;
         self.grants.insert(cluster.as_bytes(), encode(record))?;
         self.count_write();
         let mut copy = self.copy.lock().unwrap_or_else(|e| e.into_inner());
@@ -408,6 +421,7 @@ impl Store {
     /// Stores a history, and marks the copy for the next commit when more than its last-seen
     /// time changed.
     pub fn put_history(&self, cluster: &str, record: &HistoryRecord) -> Result<(), StoreError> {
+        self.refuse_when_lost()?;
         self.history.insert(cluster.as_bytes(), encode(record))?;
         self.count_write();
         let mut copy = self.copy.lock().unwrap_or_else(|e| e.into_inner());
@@ -417,6 +431,18 @@ impl Store {
             .insert(cluster.to_string(), record.clone());
         copy.dirty |= decisive;
         Ok(())
+    }
+
+    /// Why storage is lost for good, if it is (see [`Store::check`]).
+    pub fn lost(&self) -> Option<StoreError> {
+        self.lost.get().map(|message| StoreError {
+            message: message.clone(),
+            disk_full: false,
+        })
+    }
+
+    fn refuse_when_lost(&self) -> Result<(), StoreError> {
+        self.lost().map_or(Ok(()), Err)
     }
 
     fn count_write(&self) {
@@ -448,11 +474,11 @@ impl Store {
     /// Whether storage answers: a read, the data directory and mark file still being the ones
     /// opened at start, plus the flusher's last result.
     pub fn check(&self) -> Result<(), StoreError> {
+        self.refuse_when_lost()?;
         self.db.get(b"health")?;
-        self.place.check().map_err(|message| StoreError {
-            message,
-            disk_full: false,
-        })?;
+        self.place
+            .check()
+            .map_err(|message| lose(&self.lost, message))?;
         if let Some(err) = self
             .flusher
             .last_error
@@ -642,5 +668,81 @@ mod tests {
         assert_eq!(loaded.members[0].2.registered_at_unix_ms, 5);
         assert_eq!(loaded.grants[0].1.generation, 4);
         assert_eq!(loaded.n_skipped, 1);
+    }
+
+    fn grant(generation: u64) -> GrantRecord {
+        GrantRecord {
+            node: "n1".into(),
+            address: "10.0.0.1:8300".into(),
+            expect: 3,
+            generation,
+            granted_at_unix_ms: 1,
+        }
+    }
+
+    /// A data directory of an earlier version (sled records, no `meta`, no mark) opens as it
+    /// is and gets a mark; sled without the mark file afterwards is a loss.
+    #[tokio::test]
+    async fn an_earlier_versions_directory_is_an_upgrade_and_a_lost_mark_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = sled::open(dir.path()).expect("sled");
+            db.open_tree("grants")
+                .expect("tree")
+                .insert(&b"c1"[..], encode(&grant(2)))
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        {
+            let store = reopen(dir.path());
+            assert_eq!(store.load().expect("load").grants[0].1.generation, 2);
+            assert!(matches!(
+                integrity::read_mark(dir.path()),
+                MarkRead::Valid(_)
+            ));
+        }
+        std::fs::remove_file(dir.path().join(integrity::MARK_FILE)).expect("rm mark");
+        let refused = loop {
+            match Store::open_checked(dir.path(), 1 << 20, false) {
+                Err(OpenError::DataLoss(e)) => break e,
+                Err(OpenError::Storage(e)) if e.message.contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => panic!("a missing mark was not refused: {other:?}"),
+            }
+        };
+        assert!(refused.0.contains("missing"), "{refused}");
+    }
+
+    /// A damaged copy next to an intact sled is written again from sled; a grant sled lacks is
+    /// written back from the copy.
+    #[tokio::test]
+    async fn the_copy_is_repaired_from_sled_and_restores_what_sled_lacks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), 1 << 20).expect("open");
+            store.put_grant("c1", &grant(1)).expect("put");
+            store.flush().await.expect("flush");
+        }
+        let copy_path = dir.path().join(integrity::COPY_FILE);
+        let mut bytes = std::fs::read(&copy_path).expect("copy");
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0x20;
+        std::fs::write(&copy_path, &bytes).expect("damage the copy");
+        {
+            let store = reopen(dir.path());
+            assert_eq!(store.load().expect("load").grants.len(), 1);
+            assert!(matches!(
+                integrity::read_copy(dir.path()),
+                CopyRead::Valid(_)
+            ));
+            // sled forgets the grant without a loss of commits (as a non-prefix damage would).
+            store.grants.remove(&b"c1"[..]).expect("remove");
+            store.flush().await.expect("flush");
+        }
+        let store = reopen(dir.path());
+        let loaded = store.load().expect("load");
+        assert_eq!(loaded.grants.len(), 1, "the grant was not restored");
+        assert_eq!(loaded.grants[0].1, grant(1));
     }
 }
