@@ -402,8 +402,15 @@ pub enum Verdict {
 /// The verdict at start, a pure function of what the files say.
 pub fn judge(facts: &StartFacts) -> Verdict {
     match (&facts.mark, facts.sled_mark) {
-        (MarkRead::Missing, None) if facts.sled_has_records => Verdict::Upgrade,
-        (MarkRead::Missing, None) => Verdict::Fresh,
+        // A mark of commit 0 is the one written when this version first opened the directory,
+        // before its first commit: nothing was acknowledged under it yet.
+        (MarkRead::Missing | MarkRead::Valid(Mark { commit: 0, .. }), None) => {
+            if facts.sled_has_records {
+                Verdict::Upgrade
+            } else {
+                Verdict::Fresh
+            }
+        }
         (MarkRead::Missing, Some(sled)) => Verdict::Loss(format!(
             "sled holds commit {} but the high-water mark file {MARK_FILE} is missing, so whether sled lost acknowledged writes cannot be told",
             sled.commit
@@ -565,6 +572,15 @@ mod tests {
         );
         assert_eq!(
             judge(&facts(None, true, MarkRead::Missing)),
+            Verdict::Upgrade
+        );
+        // Killed during its first start, between the new mark file and the first commit.
+        assert_eq!(
+            judge(&facts(None, false, MarkRead::Valid(mark(0, 0)))),
+            Verdict::Fresh
+        );
+        assert_eq!(
+            judge(&facts(None, true, MarkRead::Valid(mark(0, 0)))),
             Verdict::Upgrade
         );
         assert_eq!(
