@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::integrity::{copy_bytes, write_copy, Decisive, Mark, MarkFile, Place};
+use super::integrity::{CopyFiles, Decisive, Mark, MarkFile, Place};
 use super::StoreError;
 
 /// How a waiting request is answered.
@@ -47,6 +47,7 @@ pub(super) struct Committer {
     /// sled's log, for the `fdatasync` sled 0.34 does not do itself.
     pub(super) log_file: std::fs::File,
     pub(super) mark_file: MarkFile,
+    pub(super) copy_files: CopyFiles,
     pub(super) place: Place,
     /// The last commit made (durable or not: numbers are never reused).
     pub(super) last: Mark,
@@ -61,10 +62,12 @@ impl Committer {
     /// One commit. Everything written to sled before this call is durable when it returns `Ok`,
     /// and the mark says so.
     pub(super) fn commit(&mut self) -> Result<Mark, StoreError> {
-        let mark = Mark {
+        let mut mark = Mark {
             commit: self.last.commit + 1,
             writes: self.writes.load(Ordering::SeqCst),
+            copy_commit: self.last.copy_commit,
         };
+        // Taken even if this commit fails: a number is never used twice.
         self.last = mark;
         // After every write this commit covers in sled's log: a sled that recovers this
         // number recovered those writes.
@@ -73,24 +76,27 @@ impl Committer {
             let mut state = self.copy.lock().unwrap_or_else(|e| e.into_inner());
             std::mem::take(&mut state.dirty).then(|| state.decisive.clone())
         };
-        let result = self.make_durable(mark, copy.as_ref());
+        let result = self.make_durable(&mut mark, copy.as_ref());
         if result.is_err() && copy.is_some() {
             self.copy.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
         }
+        self.last = mark;
         result.map(|()| mark)
     }
 
-    fn make_durable(&self, mark: Mark, copy: Option<&Decisive>) -> Result<(), StoreError> {
+    fn make_durable(&mut self, mark: &mut Mark, copy: Option<&Decisive>) -> Result<(), StoreError> {
         self.db.flush()?;
         self.log_file
             .sync_data()
             .map_err(|e| io_error("fdatasync of sled's log", e))?;
         if let Some(decisive) = copy {
-            write_copy(&self.place.dir, &copy_bytes(decisive, mark.commit))
+            self.copy_files
+                .write(decisive, mark.commit)
                 .map_err(|e| io_error("writing the copy of grants and histories", e))?;
+            mark.copy_commit = mark.commit;
         }
         self.mark_file
-            .write(mark)
+            .write(*mark)
             .map_err(|e| io_error("writing the high-water mark", e))?;
         // Last: a directory removed while this commit ran leaves its writes on unlinked files.
         self.place

@@ -17,8 +17,8 @@
 //! | `meta`    | `commit`          | commit number and write count (binary, as a slot of the mark file) | by every group commit, after the writes it covers |
 //!
 //! Next to sled's files in the data directory: `rollcall-mark` (the high-water mark: the last
-//! commit made durable) and `rollcall-copy` (every grant and history, checksummed), both
-//! described in [`integrity`].
+//! commit made durable) and `rollcall-copy-a` and `-b` (every grant and history, checksummed,
+//! written in turn), both described in [`integrity`].
 //!
 //! A data directory written before `history` existed has grants without a history: each such
 //! grant loads as a known raft of its generation (safety first: it may have one).
@@ -64,7 +64,7 @@ use flusher::{
 };
 use integrity::{
     grant_is_ahead, history_changes_decisively, history_is_ahead, judge, read_copy, read_mark,
-    CopyRead, Decisive, Mark, MarkFile, MarkRead, Place, StartFacts, Verdict,
+    CopyFiles, CopyRead, Decisive, Mark, MarkFile, MarkRead, Place, StartFacts, Verdict,
 };
 
 /// A storage failure. `disk_full` lets the API answer 507 instead of 500.
@@ -206,7 +206,7 @@ impl Store {
             .iter()
             .any(|t| !t.is_empty());
         let mark = read_mark(dir);
-        let copy = read_copy(dir);
+        let copy = read_copy(dir, &mark);
         let verdict = judge(&StartFacts {
             sled_mark,
             sled_has_records,
@@ -214,9 +214,6 @@ impl Store {
         });
         let copy_trouble = match &copy {
             CopyRead::Damaged(why) => Some(why.clone()),
-            CopyRead::Missing if matches!(verdict, Verdict::Intact { .. }) => {
-                Some(format!("{} is missing", integrity::COPY_FILE))
-            }
             _ => None,
         };
         match &verdict {
@@ -233,7 +230,7 @@ impl Store {
             ),
             Verdict::Loss(reason) => {
                 let copy_said = match &copy {
-                    CopyRead::Valid(_) => "",
+                    CopyRead::Valid { .. } => "",
                     CopyRead::Missing => {
                         "; there is no copy of grants and histories to restore them from"
                     }
@@ -262,9 +259,17 @@ impl Store {
                 .histories
                 .insert(String::from_utf8_lossy(&key).into_owned(), record);
         }
-        if let CopyRead::Valid(kept) = copy {
-            restore_from_copy(&kept, &mut decisive, &grants, &history, &writes)?;
-        }
+        let (newest_copy, newest_copy_commit) = match &copy {
+            CopyRead::Valid {
+                decisive: kept,
+                commit,
+                slot,
+            } => {
+                restore_from_copy(kept, &mut decisive, &grants, &history, &writes)?;
+                (Some(*slot), *commit)
+            }
+            _ => (None, 0),
+        };
 
         let last = [
             sled_mark,
@@ -280,8 +285,16 @@ impl Store {
         writes.store(last.writes, Ordering::SeqCst);
         // Created with what sled holds (true of it whatever happened), then the first commit
         // below moves it past every number used before.
-        let mark_file = MarkFile::create(dir, sled_mark.unwrap_or_default())
-            .map_err(|e| io_error("creating the high-water mark file", e))?;
+        let mark_file = MarkFile::create(
+            dir,
+            Mark {
+                copy_commit: newest_copy_commit,
+                ..sled_mark.unwrap_or_default()
+            },
+        )
+        .map_err(|e| io_error("creating the high-water mark file", e))?;
+        let copy_files = CopyFiles::open(dir, newest_copy)
+            .map_err(|e| io_error("opening the copy of grants and histories", e))?;
         let place = Place::new(dir, &mark_file.path)
             .map_err(|e| io_error("reading the data directory's identity", e))?;
         let copy = Arc::new(Mutex::new(CopyState {
@@ -295,6 +308,7 @@ impl Store {
             meta,
             log_file,
             mark_file,
+            copy_files,
             place: place.clone(),
             last,
             writes: writes.clone(),
@@ -724,17 +738,19 @@ mod tests {
             store.put_grant("c1", &grant(1)).expect("put");
             store.flush().await.expect("flush");
         }
-        let copy_path = dir.path().join(integrity::COPY_FILE);
-        let mut bytes = std::fs::read(&copy_path).expect("copy");
-        let last = bytes.len() - 3;
-        bytes[last] ^= 0x20;
-        std::fs::write(&copy_path, &bytes).expect("damage the copy");
+        for name in integrity::COPY_FILES {
+            let copy_path = dir.path().join(name);
+            let mut bytes = std::fs::read(&copy_path).expect("copy");
+            bytes[30] ^= 0x20;
+            std::fs::write(&copy_path, &bytes).expect("damage the copy");
+        }
         {
             let store = reopen(dir.path());
             assert_eq!(store.load().expect("load").grants.len(), 1);
+            let mark = integrity::read_mark(dir.path());
             assert!(matches!(
-                integrity::read_copy(dir.path()),
-                CopyRead::Valid(_)
+                integrity::read_copy(dir.path(), &mark),
+                CopyRead::Valid { .. }
             ));
             // sled forgets the grant without a loss of commits (as a non-prefix damage would).
             store.grants.remove(&b"c1"[..]).expect("remove");
