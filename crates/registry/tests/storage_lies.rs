@@ -261,6 +261,22 @@ async fn a_flipped_byte_or_a_cut_log_stops_the_registry_and_the_override_restore
     let half = damaged(&pristine, "half", |b| b.truncate(b.len() / 2));
     assert_refused(start(&half, &[]).await, "the log cut to half");
 
+    // The log cut and the copy of grants and histories damaged too: refused, and said.
+    let both = damaged(&pristine, "half-and-copy", |b| b.truncate(b.len() / 2));
+    for name in ["rollcall-copy-a", "rollcall-copy-b"] {
+        let path = both.join(name);
+        let mut bytes = std::fs::read(&path).expect("copy");
+        bytes[40] ^= 0x01;
+        std::fs::write(&path, &bytes).expect("damage the copy");
+    }
+    match start(&both, &[]).await {
+        Outcome::Exited { code, stderr } => {
+            assert_eq!(code, Some(EXIT_DATA_LOSS), "{stderr}");
+            assert!(stderr.contains("damaged too"), "{stderr}");
+        }
+        Outcome::Serving(s) => panic!("started with a damaged copy: {}", s.log_text()),
+    }
+
     // The override, on the earliest flip (sled keeps almost nothing): it starts, says what
     // was lost, and the grant comes back from the copy.
     let early = pristine.with_file_name(format!("flip-{}", positions[0].1));
