@@ -138,8 +138,14 @@ pub struct ServeArgs {
     pub cache_bytes: u64,
     /// Start even when sled lost acknowledged writes (its commit is below the high-water mark,
     /// or the mark cannot be read): run on what is left, restore grants and histories from
-    /// their copy, and start the mark again. Without it the registry exits 65.
-    #[arg(long, env = "ROLLCALL_ACCEPT_DATA_LOSS")]
+    /// their copy, and start the mark again. Without it the registry exits 65. The variable
+    /// takes 1, true, yes or on.
+    #[arg(
+        long,
+        env = "ROLLCALL_ACCEPT_DATA_LOSS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub accept_data_loss: bool,
 }
 
@@ -313,6 +319,16 @@ mod tests {
         ] {
             assert!(parse(args).is_err(), "{args:?} was accepted");
         }
+    }
+
+    #[test]
+    fn accept_data_loss_is_off_unless_asked_for() {
+        assert!(!parse(&[]).expect("defaults").accept_data_loss);
+        assert!(
+            parse(&["--accept-data-loss"])
+                .expect("flag")
+                .accept_data_loss
+        );
     }
 
     #[test]
