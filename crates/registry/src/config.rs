@@ -176,6 +176,17 @@ pub struct ServeArgs {
     /// sled's page cache, in bytes.
     #[arg(long, env = "ROLLCALL_CACHE_BYTES", default_value_t = DEFAULT_CACHE_BYTES)]
     pub cache_bytes: u64,
+    /// Start even when sled lost acknowledged writes (its commit is below the high-water mark,
+    /// or the mark cannot be read): run on what is left, restore grants and histories from
+    /// their copy, and start the mark again. Without it the registry exits 65. The variable
+    /// takes 1, true, yes or on.
+    #[arg(
+        long,
+        env = "ROLLCALL_ACCEPT_DATA_LOSS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub accept_data_loss: bool,
 }
 
 /// The validated configuration the server runs with.
@@ -191,6 +202,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub cache_bytes: u64,
+    /// Start on a sled that lost acknowledged writes (see `Store::open_checked`).
+    pub accept_data_loss: bool,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub max_watch_wait: Duration,
@@ -299,6 +312,7 @@ impl ServeArgs {
             request_timeout: self.request_timeout,
             max_body_bytes: self.max_body_bytes,
             cache_bytes: self.cache_bytes,
+            accept_data_loss: self.accept_data_loss,
             max_connections: self.max_connections,
             header_read_timeout: self.header_read_timeout,
             max_watch_wait: self.max_watch_wait,
@@ -345,6 +359,16 @@ mod tests {
         ] {
             assert!(parse(args).is_err(), "{args:?} was accepted");
         }
+    }
+
+    #[test]
+    fn accept_data_loss_is_off_unless_asked_for() {
+        assert!(!parse(&[]).expect("defaults").accept_data_loss);
+        assert!(
+            parse(&["--accept-data-loss"])
+                .expect("flag")
+                .accept_data_loss
+        );
     }
 
     #[test]

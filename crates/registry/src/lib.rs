@@ -27,7 +27,7 @@ use crate::api::{AppState, HttpLimits};
 use crate::config::Config;
 use crate::membership::Membership;
 use crate::serve::ServeOptions;
-use crate::store::Store;
+use crate::store::{OpenError, Store};
 
 /// How often the sweeper looks for expired members. Reads filter by deadline anyway, so this
 /// only bounds how late an expiry is logged and how long a dead entry occupies memory.
@@ -41,8 +41,19 @@ pub fn open_membership(config: &Config) -> anyhow::Result<Arc<Membership>> {
             config.data_dir.display()
         )
     })?;
-    let store = Store::open(&config.data_dir, config.cache_bytes)
-        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    let store = match Store::open_checked(
+        &config.data_dir,
+        config.cache_bytes,
+        config.accept_data_loss,
+    ) {
+        Ok(store) => store,
+        // Kept as the error itself, so that `main` finds it and exits with its code.
+        Err(OpenError::DataLoss(refused)) => return Err(refused.into()),
+        Err(OpenError::Storage(e)) => {
+            return Err(e)
+                .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))
+        }
+    };
     let membership = Membership::open(store, config.timing, config.limits)
         .context("cannot load the stored state")?;
     Ok(Arc::new(membership))
@@ -75,7 +86,11 @@ pub async fn run(
             max_body_bytes: config.max_body_bytes,
             request_timeout: config.request_timeout,
         },
-    );
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        membership.store().clone(),
+        refuse_writes_when_storage_is_lost,
+    ));
     let local = listener
         .local_addr()
         .context("listener has no local address")?;
@@ -98,6 +113,8 @@ pub async fn run(
         loop {
             tick.tick().await;
             sweeper_membership.expire_due();
+            // Notices a removed data directory even when nothing writes or asks `/health`.
+            let _ = sweeper_membership.store().check();
         }
     });
 
@@ -120,6 +137,26 @@ pub async fn run(
         .context("final storage flush failed")?;
     tracing::info!("storage flushed; bye");
     Ok(())
+}
+
+/// Once storage is lost for good (the data directory removed or replaced under the registry),
+/// every write is answered with the storage error, renewals included: a renewal of a member
+/// whose registration was refused would otherwise answer 2xx for a record only memory holds.
+async fn refuse_writes_when_storage_is_lost(
+    axum::extract::State(store): axum::extract::State<Store>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    use axum::response::IntoResponse;
+    let writes = ![Method::GET, Method::HEAD, Method::OPTIONS].contains(request.method())
+        && request.uri().path().starts_with("/v1/");
+    if writes {
+        if let Some(e) = store.lost() {
+            return api::ApiError::Storage(e).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -1,5 +1,6 @@
-//! The `rollcall-registry` binary: parse flags, start tracing, serve until a signal. Two
-//! subcommands serve scripts and Docker instead: `healthcheck` asks a running registry, and
+//! The `rollcall-registry` binary: parse flags, start tracing, serve until a signal. The
+//! subcommands serve scripts, operators and Docker instead: `healthcheck` asks a running
+//! registry, `generation` and `reset` are the operator's reset of a cluster, and
 //! `defaults` prints the settings' defaults.
 
 use std::io::Write as _;
@@ -7,11 +8,14 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory as _, FromArgMatches as _};
 use rollcall_registry::config::{Cli, Command, LogFormat};
+use rollcall_registry::store::DataLossRefused;
 
-/// Exit codes (BSD sysexits): 0 clean stop, 1 runtime failure, 64 bad configuration; `reset`
-/// also exits 65 when the registry refused it.
+/// Exit codes (BSD sysexits): 0 clean stop, 1 runtime failure, 64 bad configuration, 65 sled
+/// lost acknowledged writes (EX_DATAERR; `--accept-data-loss` starts anyway); `reset` also
+/// exits 65 when the registry refused it.
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
+const EXIT_DATA_LOSS: u8 = 65;
 
 fn main() -> ExitCode {
     let matches = Cli::command().subcommand(defaults_command()).get_matches();
@@ -66,6 +70,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<DataLossRefused>() => {
+            tracing::error!("{e}");
+            ExitCode::from(EXIT_DATA_LOSS)
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "rollcall-registry stopped");
             ExitCode::from(EXIT_FAILURE)
