@@ -303,3 +303,58 @@ async fn a_heartbeat_from_another_raft_is_refused() {
     let detail = c.cluster("ids").await.expect("detail");
     assert_eq!(detail.raft.expect("known").generation, ours.generation);
 }
+
+/// After losing its data the registry relearns a raft's identity from heartbeats during its
+/// startup grace; when two identities appear then, it lists neither, refuses every claim, and
+/// an operator's reset clears it.
+#[tokio::test]
+async fn two_rafts_seen_while_relearning_are_both_unlisted_until_a_reset() {
+    let reg =
+        TestRegistry::start(&["--ttl", "10s", "--interval", "1s", "--startup-grace", "3s"]).await;
+    // Fresh registry (as after an empty volume): still inside its startup grace.
+    let c = reg.client();
+    let one = RaftIdentity {
+        generation: 3,
+        nonce: "1111111111111111".into(),
+    };
+    let two = RaftIdentity {
+        generation: 1,
+        nonce: "2222222222222222".into(),
+    };
+    c.heartbeat("twice", "a", &hb("10.0.0.1:2380", Some(one.clone())))
+        .await
+        .expect("the first raft relearned");
+    let err = c
+        .heartbeat("twice", "b", &hb("10.0.0.2:2380", Some(two)))
+        .await
+        .expect_err("another raft while relearning");
+    assert_eq!(code(&err), Some((409, ErrorCode::WrongRaft)), "{err:?}");
+    let members = c.members("twice", None).await.expect("members");
+    assert!(
+        members.members.is_empty(),
+        "neither raft is listed: {members:?}"
+    );
+    let targets = c.join_targets("twice", None).await.expect("join targets");
+    assert!(targets.addresses.is_empty(), "{targets:?}");
+    after_grace(&reg).await;
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let err = c
+        .claim("twice", &claim("new", 3))
+        .await
+        .expect_err("refused");
+    assert_eq!(code(&err), Some((409, ErrorCode::ResetRequired)), "{err:?}");
+    assert!(err.to_string().contains("two rafts"), "{err}");
+    // The operator stops the wrong raft's node and resets.
+    let reset = rollcall_protocol::ResetRequest {
+        generation: 3,
+        force: vec!["a".into()],
+        reason: Some("stopped the second raft".into()),
+    };
+    c.reset("twice", &reset).await.expect("reset");
+    let answer = c
+        .claim("twice", &claim("new", 3))
+        .await
+        .expect("claim after the reset");
+    assert_eq!(answer.role, GrantedRole::Bootstrap);
+    assert_eq!(answer.raft.map(|r| r.generation), Some(4));
+}

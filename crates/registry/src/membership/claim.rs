@@ -75,6 +75,7 @@ impl Membership {
             started_as: request.started_as,
             reported_raft: request.raft.as_ref(),
             cluster_raft: cluster_identity.as_ref(),
+            two_rafts: cs.and_then(|c| c.two_rafts.as_ref()).map(|(a, b)| (a, b)),
         };
         let decision = rules::decide(&inputs);
         let (rule, role, generation, reason) = match decision {

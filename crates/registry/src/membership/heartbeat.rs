@@ -31,10 +31,31 @@ impl Membership {
             .zip(hb.raft.as_ref())
             .and_then(|(c, r)| c.conflicting_identity(r));
         if let (Some(reported), Some(ours)) = (&hb.raft, &conflict) {
+            // Relearned from a heartbeat within this startup grace: the registry cannot tell
+            // which of the two is the cluster's raft, so it lists neither.
+            let relearning = now < st.grace_from + self.timing.startup_grace
+                && cs
+                    .and_then(|c| c.identity_learned_at)
+                    .is_some_and(|at| at >= st.grace_from);
+            if relearning {
+                if let Some(cs) = st.clusters.get_mut(cluster) {
+                    if cs.two_rafts.is_none() {
+                        tracing::error!(cluster, %ours, other = %reported, "two rafts report themselves under one cluster name while the registry relearns it: neither is listed until an operator resets the cluster");
+                        cs.two_rafts = Some((ours.clone(), reported.clone()));
+                        st.events += 1;
+                    }
+                }
+            }
             {
-                let message = format!(
-                    "{node} reports raft {reported}, but cluster {cluster}'s raft is {ours}; it is not listed, and nobody is given it as a join target"
-                );
+                let message = if relearning {
+                    format!(
+                        "{node} reports raft {reported}, but cluster {cluster} was relearned as raft {ours} in this startup grace: two rafts claim the name, so neither is listed or given as a join target until an operator stops one and resets the cluster"
+                    )
+                } else {
+                    format!(
+                        "{node} reports raft {reported}, but cluster {cluster}'s raft is {ours}; it is not listed, and nobody is given it as a join target"
+                    )
+                };
                 tracing::warn!(cluster, node, %reported, %ours, "heartbeat from another raft refused");
                 metrics::counter!("rollcall_wrong_raft_total").increment(1);
                 st.record_decision(
@@ -61,15 +82,18 @@ impl Membership {
             .and_then(|c| c.raft.as_ref())
             .filter(|r| r.nonce.is_none())
             .cloned();
+        let mut learned_from_report = false;
         if let (Some(mut raft), Some(reported)) = (known_without_nonce, &hb.raft) {
             raft.generation = reported.generation;
             raft.nonce = Some(reported.nonce.clone());
             learn = Some(raft);
+            learned_from_report = true;
         }
         if let (Some(raft), Some(reported)) = (learn.as_mut(), &hb.raft) {
             if raft.nonce.is_none() {
                 raft.generation = reported.generation;
                 raft.nonce = Some(reported.nonce.clone());
+                learned_from_report = true;
             }
         }
 
@@ -125,6 +149,9 @@ impl Membership {
             cs.index = index;
             if let Some(raft) = &learn {
                 cs.raft = Some(raft.clone());
+            }
+            if learned_from_report {
+                cs.identity_learned_at = Some(now);
             }
         }
         let result = if registered_as.is_some() {

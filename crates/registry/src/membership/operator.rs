@@ -89,6 +89,8 @@ impl Membership {
         if let Some(cs) = st.clusters.get_mut(cluster) {
             cs.raft = None;
             cs.last_seen = None;
+            cs.identity_learned_at = None;
+            cs.two_rafts = None;
             cs.last_generation = history.last_generation;
             cs.last_reset = Some(record);
         }

@@ -10,6 +10,7 @@
 //!
 //! | id                  | when                                                            | answer             |
 //! |---------------------|-----------------------------------------------------------------|--------------------|
+//! | `two-rafts`         | two rafts reported the name while the registry relearned it     | 409, wait          |
 //! | `wrong-raft`        | the node reports another raft than the cluster's                | 409                |
 //! | `address-conflict`  | the node's live record or claim has another address             | 409, wait          |
 //! | `holder-joins`      | the node holds the bootstrap grant and others heartbeat         | `server`           |
@@ -33,6 +34,7 @@ use rollcall_protocol::{GrantedRole, RaftIdentity};
 /// The id of a claim rule. Stable: logs, dashboards and README.md refer to rules by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rule {
+    TwoRafts,
     WrongRaft,
     AddressConflict,
     HolderJoins,
@@ -52,7 +54,8 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order [`decide`] tries them.
-    pub const ALL: [Rule; 15] = [
+    pub const ALL: [Rule; 16] = [
+        Rule::TwoRafts,
         Rule::WrongRaft,
         Rule::AddressConflict,
         Rule::HolderJoins,
@@ -72,6 +75,7 @@ impl Rule {
 
     pub fn id(self) -> &'static str {
         match self {
+            Rule::TwoRafts => "two-rafts",
             Rule::WrongRaft => "wrong-raft",
             Rule::AddressConflict => "address-conflict",
             Rule::HolderJoins => "holder-joins",
@@ -153,6 +157,8 @@ pub struct ClaimInputs<'a> {
     pub reported_raft: Option<&'a RaftIdentity>,
     /// The cluster's raft identity: the known raft's, else the last grant's.
     pub cluster_raft: Option<&'a RaftIdentity>,
+    /// Two rafts that reported themselves under the name while the registry relearned it.
+    pub two_rafts: Option<(&'a RaftIdentity, &'a RaftIdentity)>,
 }
 
 /// What the registry knows of a cluster's raft once it is known.
@@ -262,6 +268,17 @@ fn wall_clock(unix_ms: u64) -> humantime::Rfc3339Timestamp {
 /// Mode determination: the rules of the table above, tried in order.
 pub fn decide(i: &ClaimInputs<'_>) -> Decision {
     let (cluster, node, o) = (i.cluster, i.node, i.others);
+    if let Some((first, second)) = i.two_rafts {
+        return refuse(
+            Rule::TwoRafts,
+            Conflict::ResetRequired,
+            format!(
+                "two rafts report themselves under cluster {cluster} ({first} and {second}) since the registry relearned it; it lists neither and answers no claim until an operator stops one and resets the cluster: rollcall-registry reset {cluster} --generation {}",
+                first.generation
+            ),
+            i.interval,
+        );
+    }
     if let (Some(reported), Some(ours)) = (i.reported_raft, i.cluster_raft) {
         if reported != ours {
             return refuse(

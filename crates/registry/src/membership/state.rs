@@ -58,6 +58,14 @@ pub(super) struct ClusterState {
     pub last_generation: u64,
     /// The operator's last reset, for the dashboard.
     pub last_reset: Option<ResetRecord>,
+    /// When the raft's identity was learned from a member's heartbeat instead of a grant (the
+    /// registry had lost its data): another identity reported within that same startup grace
+    /// means two rafts claim the name.
+    pub identity_learned_at: Option<Instant>,
+    /// Two rafts reported themselves under this name while the registry relearned it: neither
+    /// is listed or given as a join target, and every claim is refused, until an operator
+    /// resets the cluster. Kept in memory: a restart relearns, and finds them again.
+    pub two_rafts: Option<(RaftIdentity, RaftIdentity)>,
     /// The global index at this cluster's last membership change, for blocking reads.
     pub index: u64,
 }

@@ -19,6 +19,8 @@ impl Membership {
         let now = Instant::now();
         let st = self.observed_lock(now);
         let (index, members) = match st.clusters.get(cluster) {
+            // Two rafts under one name: listing either could join a client to the wrong one.
+            Some(cs) if cs.two_rafts.is_some() => (cs.index, Vec::new()),
             Some(cs) => (cs.index, cs.live_members(st.ttl, now, role)),
             None => (0, Vec::new()),
         };
@@ -124,6 +126,9 @@ impl ClusterState {
     /// Every live server except `node`: heartbeating servers and granted servers that do not
     /// heartbeat yet (they are starting, and a joiner retries until they answer). Freshest first.
     pub(super) fn join_targets(&self, node: &str, ttl: Duration, now: Instant) -> Vec<JoinTarget> {
+        if self.two_rafts.is_some() {
+            return Vec::new();
+        }
         let mut targets: Vec<(Instant, JoinTarget)> = self
             .nodes
             .iter()

@@ -36,6 +36,7 @@ fn base() -> ClaimInputs<'static> {
         started_as: None,
         reported_raft: None,
         cluster_raft: None,
+        two_rafts: None,
     }
 }
 
@@ -361,6 +362,16 @@ fn cases() -> Vec<Case> {
                 ..b()
             },
             rule: Rule::ResetRequired,
+            role: None,
+        },
+        Case {
+            name: "two rafts reported the name while the registry relearned it",
+            inputs: ClaimInputs {
+                two_rafts: Some((&OURS, &THEIRS)),
+                cluster_raft: Some(&OURS),
+                ..b()
+            },
+            rule: Rule::TwoRafts,
             role: None,
         },
         Case {
