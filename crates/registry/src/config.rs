@@ -216,9 +216,73 @@ pub struct Config {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// The longest a duration flag may be: far beyond any sane setting, far below what would
+/// overflow an instant when added to "now".
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Bounds of the size flags, so that none is accepted and then fails at run time.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+const MIN_CACHE_BYTES: u64 = 1024 * 1024;
+const MAX_CACHE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// `name` at most [`MAX_DURATION`].
+fn check_duration(name: &str, value: Duration) -> Result<(), ConfigError> {
+    if value > MAX_DURATION {
+        return Err(ConfigError(format!(
+            "{name} is {}; it must be at most {}",
+            humantime::format_duration(value),
+            humantime::format_duration(MAX_DURATION)
+        )));
+    }
+    Ok(())
+}
+
+/// A token the registry can match: not empty, no white space around it (a token with a
+/// leading space would be accepted here and then never match the trimmed header).
+fn check_token(name: &str, token: &str) -> Result<(), ConfigError> {
+    if token.trim().is_empty() {
+        return Err(ConfigError(format!("{name} is empty")));
+    }
+    if token.trim() != token {
+        return Err(ConfigError(format!(
+            "{name} has white space before or after it; remove it (the Authorization header's token is matched without it)"
+        )));
+    }
+    Ok(())
+}
+
 impl ServeArgs {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let err = |s: String| Err(ConfigError(s));
+        for (name, value) in [
+            ("--ttl", Some(self.ttl)),
+            ("--interval", Some(self.interval)),
+            ("--startup-grace", self.startup_grace),
+            ("--quiet-period", self.quiet_period),
+            ("--rebootstrap-after", self.rebootstrap_after),
+            ("--shutdown-timeout", Some(self.shutdown_timeout)),
+            ("--request-timeout", Some(self.request_timeout)),
+            ("--header-read-timeout", Some(self.header_read_timeout)),
+            ("--max-watch-wait", Some(self.max_watch_wait)),
+        ] {
+            if let Some(value) = value {
+                check_duration(name, value)?;
+            }
+        }
+        if self.max_body_bytes > MAX_BODY_BYTES {
+            return err(format!("--max-body-bytes must be at most {MAX_BODY_BYTES}"));
+        }
+        if !(MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&self.cache_bytes) {
+            return err(format!(
+                "--cache-bytes is {}; it must be from {MIN_CACHE_BYTES} (1 MiB) to {MAX_CACHE_BYTES} (64 GiB)",
+                self.cache_bytes
+            ));
+        }
+        if self.max_connections > MAX_CONNECTIONS {
+            return err(format!(
+                "--max-connections must be at most {MAX_CONNECTIONS}"
+            ));
+        }
         if self.ttl < Duration::from_secs(1) {
             return err(format!(
                 "--ttl is {}; it must be at least 1s",
@@ -270,8 +334,10 @@ impl ServeArgs {
             return err("--max-clusters and --max-members-per-cluster must be at least 1".into());
         }
         let registry = match self.token {
-            Some(t) if t.trim().is_empty() => return err("--token is empty".into()),
-            Some(t) => Some(Secret::new(t)),
+            Some(t) => {
+                check_token("--token", &t)?;
+                Some(Secret::new(t))
+            }
             None => None,
         };
         let mut clusters = HashMap::new();
@@ -282,9 +348,7 @@ impl ServeArgs {
             if let Err(e) = rollcall_protocol::validate_name(NameKind::Cluster, cluster) {
                 return err(format!("--cluster-token: {e}"));
             }
-            if token.trim().is_empty() {
-                return err(format!("--cluster-token for {cluster:?} is empty"));
-            }
+            check_token(&format!("--cluster-token for {cluster:?}"), token)?;
             if clusters
                 .insert(cluster.to_string(), Secret::new(token.to_string()))
                 .is_some()
@@ -355,7 +419,18 @@ mod tests {
             &["--cluster-token", "a=x,a=y"],
             &["--cluster-token", "bad name=x"],
             &["--token", " "],
+            &["--token", " T"],
+            &["--token", "T "],
+            &["--cluster-token", "a= x"],
             &["--ttl", "fifteen"],
+            // Accepted once, then a panic at run time: now refused at start.
+            &["--ttl", "10000000000000000000s"],
+            &["--header-read-timeout", "10000000000000000000s"],
+            &["--max-watch-wait", "1000000h"],
+            &["--rebootstrap-after", "10000000000000000000s"],
+            &["--cache-bytes", "0"],
+            &["--max-body-bytes", "1000000000"],
+            &["--max-connections", "100000000"],
         ] {
             assert!(parse(args).is_err(), "{args:?} was accepted");
         }
