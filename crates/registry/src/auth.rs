@@ -103,19 +103,29 @@ impl Tokens {
     }
 }
 
-/// The token of a `Bearer` authorization header.
+/// The token of a `Bearer` authorization header. The scheme is case-insensitive
+/// (RFC 9110 §11.1): `Bearer`, `bearer` and `BEARER` are one scheme.
 fn bearer(header: Option<&[u8]>) -> Option<&[u8]> {
-    header
-        .and_then(|h| {
-            h.strip_prefix(b"Bearer ")
-                .or_else(|| h.strip_prefix(b"bearer "))
-        })
-        .map(|t| t.trim_ascii())
+    let header = header?;
+    let (scheme, token) = header.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| token.trim_ascii())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in [&b"Bearer t"[..], b"bearer t", b"BEARER t", b"BeArEr  t"] {
+            assert_eq!(bearer(Some(header)), Some(&b"t"[..]), "{header:?}");
+        }
+        for header in [&b"Basic t"[..], b"Bearer", b"", b"Bearert"] {
+            assert_eq!(bearer(Some(header)), None, "{header:?}");
+        }
+    }
 
     fn tokens() -> Tokens {
         let mut clusters = HashMap::new();
