@@ -25,9 +25,10 @@ pub fn metadata_schema() -> Object {
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .max_length(Some(MAX_METADATA_VALUE_LEN))
+                .pattern(Some(NO_CONTROL_PATTERN))
                 .into(),
         ))))
-        .description(Some("Free-form labels: at most 16 entries, keys of 1 to 63 characters without control characters, values of at most 256 characters."))
+        .description(Some("Free-form labels: at most 16 entries (each key once), keys of 1 to 63 characters and values of at most 256, neither with control characters."))
         .build()
 }
 

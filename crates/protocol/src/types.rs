@@ -142,7 +142,11 @@ pub struct HeartbeatRequest {
         deserialize_with = "crate::types::object_only"
     )]
     pub status: Option<AgentStatus>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::types::unique_keys"
+    )]
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::metadata_schema))]
     pub meta: BTreeMap<String, String>,
     /// The raft this member belongs to, as its grant named it. Absent: unknown (a member from
@@ -513,6 +517,37 @@ where
     }
 }
 
+/// A JSON object of strings in which every key appears once: serde would otherwise keep the
+/// last of two equal keys without a word, and a member's metadata would not be what it sent.
+pub(crate) fn unique_keys<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct UniqueKeys;
+    impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object of strings, each key once")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "metadata key {key:?} appears more than once"
+                    )));
+                }
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(UniqueKeys)
+}
+
 /// JSON has one number type: `3` and `3.0` are the same integer to JSON Schema (and to the
 /// OpenAPI document), so integer fields accept a number with no fractional part.
 pub(crate) mod integral {
@@ -619,5 +654,25 @@ pub(crate) mod integral {
                 assert!(n(bad).is_err(), "{bad}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod unique_key_tests {
+    use super::*;
+
+    #[test]
+    fn a_metadata_key_given_twice_is_refused() {
+        let twice = r#"{"address":"a:1","role":"server","meta":{"k":"1","k":"2"}}"#;
+        let err = serde_json::from_str::<HeartbeatRequest>(twice).expect_err("duplicate key");
+        assert!(err.to_string().contains("more than once"), "{err}");
+        let once = r#"{"address":"a:1","role":"server","meta":{"k":"1","j":"2"}}"#;
+        assert_eq!(
+            serde_json::from_str::<HeartbeatRequest>(once)
+                .expect("ok")
+                .meta
+                .len(),
+            2
+        );
     }
 }

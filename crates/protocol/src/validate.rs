@@ -64,7 +64,11 @@ pub const ADDRESS_PATTERN: &str = concat!(
 );
 
 /// Text without control characters (metadata keys, the leader an agent reports).
-pub const NO_CONTROL_PATTERN: &str = "^[^\\x00-\\x1f\\x7f-\\x9f]*$";
+/// No control characters: C0, DEL and C1, and the invisible ones that reorder or break the
+/// text a dashboard or a log shows (bidirectional overrides, isolates and marks, line and
+/// paragraph separators).
+pub const NO_CONTROL_PATTERN: &str =
+    "^[^\\x00-\\x1f\\x7f-\\x9f\\u061c\\u200e\\u200f\\u2028-\\u202e\\u2066-\\u2069]*$";
 
 /// A blocking read's `wait`: a whole number and a unit.
 pub const WAIT_PATTERN: &str = "^[0-9]{1,9}(ms|s|m|h)$";
@@ -96,7 +100,10 @@ pub fn matches_wait(s: &str) -> bool {
 }
 
 fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
+    s.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    })
 }
 
 /// Why a value was refused, with the error code the registry answers with.
@@ -248,6 +255,12 @@ pub fn validate_metadata(meta: &BTreeMap<String, String>) -> Result<(), Validati
         if value.chars().count() > MAX_METADATA_VALUE_LEN {
             return fail(format!(
                 "metadata value of {key:?} is longer than {MAX_METADATA_VALUE_LEN} bytes"
+            ));
+        }
+        if has_control(value) {
+            return fail(format!(
+                "metadata value of {:?} contains a control character",
+                truncate(key)
             ));
         }
     }
@@ -414,6 +427,30 @@ mod tests {
         assert!(regex::Regex::new(NO_CONTROL_PATTERN)
             .expect("pattern")
             .is_match("leader-1"));
+    }
+
+    #[test]
+    fn control_characters_include_bidi_overrides_and_separators() {
+        let pattern = regex::Regex::new(NO_CONTROL_PATTERN).expect("pattern");
+        for bad in [
+            "a\u{0}b",
+            "a\u{1b}[31m",
+            "a\r\nb",
+            "a\u{202e}b",
+            "a\u{2066}b",
+            "a\u{2028}b",
+            "a\u{200f}",
+        ] {
+            assert!(has_control(bad), "{bad:?}");
+            assert!(!pattern.is_match(bad), "{bad:?}");
+        }
+        for good in ["leader-1", "10.0.0.1:8300", "zürich", "日本"] {
+            assert!(!has_control(good), "{good:?}");
+            assert!(pattern.is_match(good), "{good:?}");
+        }
+        let mut meta = BTreeMap::new();
+        meta.insert("k".to_string(), "v\u{202e}".to_string());
+        assert!(validate_metadata(&meta).is_err());
     }
 
     #[test]
