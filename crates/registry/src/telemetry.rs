@@ -87,6 +87,7 @@ fn static_route(route: &str) -> &'static str {
     const ROUTES: &[&str] = &[
         "/",
         "/dashboard/live",
+        "/dashboard.js",
         "/metrics",
         "/openapi.json",
         "/health",

@@ -161,3 +161,40 @@ async fn dashboard_has_an_empty_state_that_says_what_to_run() {
     assert!(html.contains("bash start.sh"));
     assert!(html.contains("name=\"viewport\""), "readable on a phone");
 }
+
+/// The dashboard runs only its own script and cannot be framed or sniffed; the
+/// Chromium test above shows it still follows changes under that policy.
+#[tokio::test]
+async fn dashboard_pages_carry_a_content_security_policy() {
+    let reg = TestRegistry::start(&[]).await;
+    for path in ["/", "/dashboard/live"] {
+        let answer = reqwest::get(format!("{}{path}", reg.url()))
+            .await
+            .expect("GET");
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let csp = header("content-security-policy");
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+        assert!(
+            !csp.contains("unsafe-inline'; script")
+                && !csp.contains("script-src 'self' 'unsafe-inline'"),
+            "{path}: {csp}"
+        );
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+    }
+    let html = reg.get_text("/").await;
+    assert!(!html.contains("<script>"), "no inline script");
+    assert!(html.contains(r#"<script src="/dashboard.js">"#));
+    let script = reqwest::get(format!("{}/dashboard.js", reg.url()))
+        .await
+        .expect("GET");
+    assert!(script.status().is_success());
+}

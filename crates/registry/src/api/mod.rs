@@ -68,6 +68,7 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
     Router::new()
         .route("/", get(operations::dashboard_page))
         .route("/dashboard/live", get(operations::dashboard_live))
+        .route("/dashboard.js", get(operations::dashboard_script))
         .route("/metrics", get(operations::metrics_text))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/health", get(operations::health))

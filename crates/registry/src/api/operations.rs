@@ -81,14 +81,58 @@ pub(super) async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-pub(super) async fn dashboard_page(State(state): State<AppState>) -> Html<String> {
-    Html(crate::dashboard::page(&state.membership).into_string())
+/// What the dashboard's pages may do: run only its own script (`/dashboard.js`), read only
+/// from the registry, be framed by no one, send no referrer.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+fn dashboard_headers() -> [(header::HeaderName, HeaderValue); 4] {
+    [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(DASHBOARD_CSP),
+        ),
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+    ]
+}
+
+pub(super) async fn dashboard_page(State(state): State<AppState>) -> Response {
+    (
+        dashboard_headers(),
+        Html(crate::dashboard::page(&state.membership).into_string()),
+    )
+        .into_response()
 }
 
 pub(super) async fn dashboard_live(State(state): State<AppState>) -> Response {
     (
+        dashboard_headers(),
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
         Html(crate::dashboard::live(&state.membership).into_string()),
+    )
+        .into_response()
+}
+
+pub(super) async fn dashboard_script() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+        ],
+        crate::dashboard::SCRIPT,
     )
         .into_response()
 }
