@@ -92,3 +92,15 @@ pub fn expect_schema() -> Object {
         ))
         .build()
 }
+
+/// A reset's reason: text without control characters; `null` is the same as leaving it out.
+pub fn reason_schema() -> Object {
+    let mut schema = string(
+        NO_CONTROL_PATTERN,
+        None,
+        MAX_STATUS_STRING_LEN,
+        "why, for the log and the dashboard",
+    );
+    schema.schema_type = SchemaType::from_iter([Type::String, Type::Null]);
+    schema
+}

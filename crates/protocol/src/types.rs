@@ -464,7 +464,7 @@ pub struct ResetRequest {
     pub force: Vec<String>,
     /// Why, for the log and the dashboard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(max_length = 259))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::reason_schema))]
     pub reason: Option<String>,
 }
 

@@ -611,3 +611,64 @@ async fn a_cluster_scoped_token_cannot_write_to_another_cluster() {
         .await
         .expect("root writes green");
 }
+
+/// The token is checked before the body is read: without one, a write is told 401 whatever
+/// its body (not 400 or 415, which would tell an anonymous client how the body is parsed).
+#[tokio::test]
+async fn the_token_is_checked_before_the_body() {
+    let reg = TestRegistry::start(&[
+        "--token",
+        "secret",
+        "--startup-grace",
+        "500ms",
+        "--interval",
+        "500ms",
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    for (method, path, content_type, body) in [
+        (
+            reqwest::Method::POST,
+            "/v1/clusters/c/claims",
+            "text/plain",
+            "not json",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/clusters/c/claims",
+            "application/json",
+            "{\"node\":",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/v1/clusters/c/members/n",
+            "application/json",
+            "[1,2]",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/clusters/c/reset",
+            "application/json",
+            "{}",
+        ),
+    ] {
+        let answer = http
+            .request(method.clone(), format!("{}{path}", reg.url()))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(answer.status().as_u16(), 401, "{method} {path} {body}");
+    }
+    // With the token, the same bodies are judged on their merits.
+    let answer = http
+        .post(format!("{}/v1/clusters/c/claims", reg.url()))
+        .header("authorization", "BEARER secret")
+        .header("content-type", "text/plain")
+        .body("not json")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(answer.status().as_u16(), 415);
+}

@@ -1,14 +1,13 @@
 //! The claim route: mode determination (the rules are `membership/rules.rs`).
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use rollcall_protocol::validate::NameKind;
 use rollcall_protocol::{validate_name, ClaimRequest, ClaimResponse};
 
 use super::error::ClaimError;
-use super::extract::{ApiJson, ApiPath, ClusterPath};
-use super::{authorize, wait_durable, AppState};
+use super::extract::{ApiJson, ApiPath, ClusterPath, WriteAllowed};
+use super::{wait_durable, AppState};
 
 #[utoipa::path(
     post,
@@ -27,11 +26,10 @@ use super::{authorize, wait_durable, AppState};
 pub(super) async fn claim(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<ClusterPath>,
-    headers: HeaderMap,
+    _allowed: WriteAllowed,
     ApiJson(body): ApiJson<ClaimRequest>,
 ) -> Result<Json<ClaimResponse>, ClaimError> {
     validate_name(NameKind::Cluster, &path.cluster)?;
-    authorize(&state, &path.cluster, &headers)?;
     body.validate()?;
     let (response, durability) = state.membership.claim(&path.cluster, &body)?;
     wait_durable(&state, durability).await?;

@@ -2,7 +2,6 @@
 //! operator's reset of a cluster.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rollcall_protocol::validate::NameKind;
@@ -11,8 +10,8 @@ use rollcall_protocol::{
 };
 
 use super::error::{ApiError, ReadAllError, ReadOneError, ResetError};
-use super::extract::{ApiJson, ApiPath, ClusterPath};
-use super::{authorize_operator, index_header, wait_durable, AppState};
+use super::extract::{ApiJson, ApiPath, ClusterPath, OperatorAllowed};
+use super::{index_header, wait_durable, AppState};
 
 #[utoipa::path(
     get,
@@ -74,11 +73,10 @@ pub(super) async fn clusters(
 pub(super) async fn reset(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<ClusterPath>,
-    headers: HeaderMap,
+    _allowed: OperatorAllowed,
     ApiJson(body): ApiJson<ResetRequest>,
 ) -> Result<Json<ResetResponse>, ResetError> {
     validate_name(NameKind::Cluster, &path.cluster)?;
-    authorize_operator(&state, &headers)?;
     body.validate()?;
     let (response, durability) = state.membership.reset(&path.cluster, &body)?;
     wait_durable(&state, durability).await?;

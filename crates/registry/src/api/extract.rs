@@ -10,6 +10,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
+use super::AppState;
 
 /// `Path<T>` whose rejections are [`ApiError`]s.
 #[derive(Debug, FromRequestParts)]
@@ -37,6 +38,48 @@ pub struct MemberPath {
     pub cluster: String,
     #[param(schema_with = name_schema)]
     pub node: String,
+}
+
+/// A write the token allows: the registry-wide token or the token of the cluster in the path.
+/// An extractor, so that it runs before the body is read: a client without a token is told
+/// 401 whatever its body, and its body is never parsed.
+#[derive(Debug)]
+pub struct WriteAllowed;
+
+impl FromRequestParts<AppState> for WriteAllowed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::InvalidBody(format!("bad path: {}", e.body_text())))?;
+        let cluster = params
+            .iter()
+            .find(|(name, _)| *name == "cluster")
+            .map(|(_, value)| value.to_string())
+            .unwrap_or_default();
+        super::authorize(state, &cluster, &parts.headers)?;
+        Ok(WriteAllowed)
+    }
+}
+
+/// An operator's action: the registry-wide token (see [`super::authorize_operator`]).
+#[derive(Debug)]
+pub struct OperatorAllowed;
+
+impl FromRequestParts<AppState> for OperatorAllowed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        super::authorize_operator(state, &parts.headers)?;
+        Ok(OperatorAllowed)
+    }
 }
 
 /// `Json<T>` whose rejections are [`ApiError`]s. Hand-written rather than derived: it also

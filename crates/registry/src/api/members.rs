@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use rollcall_protocol::openapi::name_schema;
@@ -19,8 +19,8 @@ use utoipa::IntoParams;
 use super::error::{
     ApiError, HeartbeatError, LeaveError, ListQueryError, ListStreamingError, ReadOneError,
 };
-use super::extract::{ApiJson, ApiPath, ApiQuery, ClusterPath, MemberPath};
-use super::{authorize, list_response, wait_durable, AppState, DEFAULT_WATCH_WAIT};
+use super::extract::{ApiJson, ApiPath, ApiQuery, ClusterPath, MemberPath, WriteAllowed};
+use super::{list_response, wait_durable, AppState, DEFAULT_WATCH_WAIT};
 use crate::lists::{ListKey, ListKind};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -83,12 +83,11 @@ pub(super) enum JoinFormat {
 pub(super) async fn heartbeat(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<MemberPath>,
-    headers: HeaderMap,
+    _allowed: WriteAllowed,
     ApiJson(body): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, HeartbeatError> {
     validate_name(NameKind::Cluster, &path.cluster)?;
     validate_name(NameKind::Node, &path.node)?;
-    authorize(&state, &path.cluster, &headers)?;
     body.validate()?;
     let (response, durability) = state
         .membership
@@ -113,11 +112,10 @@ pub(super) async fn heartbeat(
 pub(super) async fn leave(
     State(state): State<AppState>,
     ApiPath(path): ApiPath<MemberPath>,
-    headers: HeaderMap,
+    _allowed: WriteAllowed,
 ) -> Result<StatusCode, LeaveError> {
     validate_name(NameKind::Cluster, &path.cluster)?;
     validate_name(NameKind::Node, &path.node)?;
-    authorize(&state, &path.cluster, &headers)?;
     let durability = state.membership.leave(&path.cluster, &path.node)?;
     wait_durable(&state, durability).await?;
     Ok(StatusCode::NO_CONTENT)
