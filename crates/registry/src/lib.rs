@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod dashboard;
+pub mod fd_limit;
 pub mod lists;
 pub mod membership;
 pub mod serve;

@@ -51,6 +51,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Err(e) = rollcall_registry::fd_limit::ensure_for(config.max_connections) {
+        eprintln!("rollcall-registry: invalid configuration: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     rollcall_logging::init(match config.log_format {
         LogFormat::Text => rollcall_logging::Format::Text,
         LogFormat::Json => rollcall_logging::Format::Json,

@@ -292,3 +292,36 @@ async fn a_full_disk_refuses_writes_and_keeps_serving_reads() {
     );
     drop(reg);
 }
+
+/// An open-file limit below what `--max-connections` needs is refused at start, naming both
+/// numbers (it was not noticed: new clients hung and the log filled with accept errors); one
+/// the hard limit allows is raised.
+#[test]
+fn an_open_file_limit_below_max_connections_is_refused_at_start() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    // A port that is taken, so that a registry that passes the check stops at once.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("address").to_string();
+    let run = |max_connections: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            // A hard limit of 200 for this shell and what it execs.
+            .arg("ulimit -Sn 100 && ulimit -Hn 200 && exec \"$0\" \"$@\"")
+            .arg(env!("CARGO_BIN_EXE_rollcall-registry"))
+            .args(["--listen", &taken, "--data-dir"])
+            .arg(temp.path().join("data"))
+            .args(["--max-connections", max_connections])
+            .output()
+            .expect("run the registry")
+    };
+    let refused = run("4096");
+    assert_eq!(refused.status.code(), Some(64), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("4160") && said.contains("200"), "{said}");
+    // 120 connections need 184 files: the soft limit of 100 is raised within the hard 200,
+    // and the registry goes on to start (and then stops: its port is taken).
+    let raised = run("120");
+    let said = String::from_utf8_lossy(&raised.stderr);
+    assert_ne!(raised.status.code(), Some(64), "{said}");
+    assert!(!said.contains("open-file limit"), "{said}");
+}
