@@ -34,16 +34,14 @@ fn strings(items: &[&str]) -> Vec<String> {
 }
 
 fn settings_for(registry: &str, node: &str, flags: &[&str], passthrough: &[&str]) -> Settings {
-    let mut argv = vec![
-        "rollcall-sidecar",
-        "--registry",
-        registry,
-        "--node",
-        node,
+    let mut argv = vec!["rollcall-sidecar", "--registry", registry, "--node", node];
+    if !flags.contains(&"--consul-config-dir") {
         // Nothing in these tests may depend on a /consul/config on the machine.
-        "--consul-config-dir",
-        "/nonexistent/rollcall-test/consul-config",
-    ];
+        argv.extend([
+            "--consul-config-dir",
+            "/nonexistent/rollcall-test/consul-config",
+        ]);
+    }
     argv.extend_from_slice(flags);
     argv.push("claim");
     let cli = Cli::try_parse_from(argv).expect("parse");
@@ -748,4 +746,77 @@ async fn autopilot_health_is_read_when_the_raft_configuration_fails() {
         paths.contains(&"/v1/operator/autopilot/health".to_string()),
         "{paths:?}"
     );
+}
+
+/// With `CONSUL_CLIENT_INTERFACE`, Consul's API listens on that interface's address only, so
+/// the sidecar reads it there unless `--consul-http` says otherwise.
+#[test]
+fn the_api_is_read_on_the_client_interface() {
+    for (flags, expected) in [
+        (vec![], "http://127.0.0.1:8500"),
+        (
+            vec!["--consul-client-interface", "lo"],
+            "http://127.0.0.1:8500",
+        ),
+        (
+            vec![
+                "--consul-client-interface",
+                "lo",
+                "--consul-http",
+                "http://10.0.0.1:9500",
+            ],
+            "http://10.0.0.1:9500",
+        ),
+    ] {
+        let mut all = vec!["--engine", "consul", "--advertise", "10.0.0.1"];
+        all.extend(flags.iter());
+        let Engine::Consul(engine) = Engine::new(&settings(&all, &[])).expect("engine") else {
+            panic!("a consul engine");
+        };
+        assert_eq!(engine.api_base(), expected, "{flags:?}");
+    }
+}
+
+/// `CONSUL_LOCAL_CONFIG` that is not JSON is refused at start with exit 64, before Consul
+/// would refuse it with a less clear line; JSON lands in `local.json` and `-config-dir` is
+/// passed.
+#[tokio::test]
+async fn local_config_is_written_before_consul_starts_or_refused() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let config_dir = temp.path().join("config");
+    let config = config_dir.to_str().expect("utf-8");
+    for (local_config, accepted) in [
+        (r#"{"datacenter":"eu"}"#, true),
+        ("datacenter = \"eu\"", false),
+    ] {
+        let settings = settings(
+            &[
+                "--engine",
+                "consul",
+                "--advertise",
+                "10.0.0.1",
+                "--consul-config-dir",
+                config,
+                "--consul-local-config",
+                local_config,
+            ],
+            &[],
+        );
+        let engine = Engine::new(&settings).expect("engine");
+        let registry = RegistryLink::new(&settings).expect("registry client");
+        let result = engine.prepare(&StartPlan::Bootstrap, None, &registry).await;
+        if accepted {
+            let command = result.expect("command");
+            assert!(
+                command.args.contains(&format!("-config-dir={config}")),
+                "{command:?}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(config_dir.join("local.json")).expect("local.json"),
+                local_config
+            );
+        } else {
+            assert_eq!(result.expect_err("not JSON").code, EXIT_CONFIG);
+        }
+    }
 }

@@ -138,6 +138,11 @@ impl ConsulEngine {
         })
     }
 
+    /// The base URL of the agent's HTTP API that the sidecar reads.
+    pub fn api_base(&self) -> &str {
+        &self.api.base
+    }
+
     /// A server keeps its raft log in `raft/` under the data directory.
     pub fn has_raft_state(&self) -> bool {
         dir_has_entries(&self.data_dir.join("raft"))
