@@ -676,6 +676,10 @@ async fn the_acl_token_goes_with_every_call() {
     let consul = FakeConsul::start(&answers, Some(TOKEN)).await;
 
     let engine = Engine::new(&consul_settings(&consul.url, Some(TOKEN))).expect("engine");
+    assert!(
+        !format!("{engine:?}").contains(TOKEN),
+        "the token never reaches a log"
+    );
     assert!(matches!(
         engine.health(MemberRole::Server).await,
         rollcall_sidecar::engine::Health::Healthy

@@ -21,11 +21,21 @@ use crate::engine::describe;
 pub const TOKEN_HEADER: &str = "X-Consul-Token";
 
 /// One agent's HTTP API, with the ACL token sent on every call when one is configured.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConsulApi {
     pub base: String,
     pub token: Option<String>,
     pub http: reqwest::Client,
+}
+
+/// Never prints the token: an engine printed with `{:?}` must not leak it to a log.
+impl std::fmt::Debug for ConsulApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulApi")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a call did not give a usable answer.
