@@ -31,6 +31,19 @@ pub const DEFAULT_CLAIM_WAIT_LIMIT: Duration = Duration::from_secs(600);
 pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the agent has to exit after the stop signal before it is killed.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The Consul engine's stop timeout: a Consul client agent leaves gracefully on SIGTERM
+/// (`leave_on_terminate` is on for clients) and Consul gives that leave up to 15 s before it
+/// gives up; 2 s more let it log and exit instead of being killed mid-leave, and stay under
+/// the `stop_grace_period: 20s` of docker-compose.yml, so that the sidecar, not Docker,
+/// kills an agent that overruns. A server (`leave_on_terminate` off) exits at once, so the
+/// longer timeout costs it nothing.
+pub const DEFAULT_CONSUL_STOP_TIMEOUT: Duration = Duration::from_secs(17);
+/// Consul's `-retry-interval` as the sidecar passes it. Consul's own default is 30 s: a
+/// server granted `server` at the same instant as the bootstrap server tries to join it
+/// before its Consul listens on 8301, and would then wait 30 s for the next try.
+pub const DEFAULT_CONSUL_RETRY_INTERVAL: Duration = Duration::from_secs(3);
+/// Where the official Consul image keeps configuration files (`-config-dir`).
+pub const DEFAULT_CONSUL_CONFIG_DIR: &str = "/consul/config";
 /// Timeout of one HTTP request to the registry or to the agent.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Consul's HTTP API on the agent's loopback (Consul's own default `-client` and `-http-port`).
@@ -196,6 +209,43 @@ pub struct CommonArgs {
     /// Consul: the agent's HTTP API.
     #[arg(long, env = "ROLLCALL_CONSUL_HTTP", global = true, default_value = DEFAULT_CONSUL_HTTP)]
     pub consul_http: String,
+    /// Consul: `-retry-interval`, how long Consul waits between tries of its `-retry-join`
+    /// targets (Consul's own default is 30 s).
+    #[arg(long, env = "ROLLCALL_CONSUL_RETRY_INTERVAL", global = true, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub consul_retry_interval: Duration,
+    /// Consul: the directory passed as `-config-dir` (when it exists, or when
+    /// `CONSUL_LOCAL_CONFIG` is written into it), as the official image does.
+    #[arg(long, env = "ROLLCALL_CONSUL_CONFIG_DIR", global = true, default_value = DEFAULT_CONSUL_CONFIG_DIR)]
+    pub consul_config_dir: PathBuf,
+    /// Consul: JSON written to `<config dir>/local.json` before Consul starts (the official
+    /// image's `CONSUL_LOCAL_CONFIG`).
+    #[arg(
+        long,
+        env = "CONSUL_LOCAL_CONFIG",
+        global = true,
+        hide_env_values = true
+    )]
+    pub consul_local_config: Option<String>,
+    /// Consul: the network interface whose IPv4 address is passed as `-bind` (the official
+    /// image's `CONSUL_BIND_INTERFACE`).
+    #[arg(long, env = "CONSUL_BIND_INTERFACE", global = true)]
+    pub consul_bind_interface: Option<String>,
+    /// Consul: the network interface whose IPv4 address is passed as `-client` (the official
+    /// image's `CONSUL_CLIENT_INTERFACE`); the sidecar then reads Consul's API there.
+    #[arg(long, env = "CONSUL_CLIENT_INTERFACE", global = true)]
+    pub consul_client_interface: Option<String>,
+    /// Consul: the network interface whose IPv4 address is passed as `-advertise`, instead
+    /// of the advertised host's address.
+    #[arg(long, env = "ROLLCALL_CONSUL_ADVERTISE_INTERFACE", global = true)]
+    pub consul_advertise_interface: Option<String>,
+    /// Consul: the ACL token sent (`X-Consul-Token`) with every call to Consul's API.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", global = true, hide_env_values = true)]
+    pub consul_http_token: Option<String>,
+    /// The user the agent runs as (a name in /etc/passwd, or a numeric uid). The sidecar,
+    /// running as root, makes the data directory (and Consul's config directory) that
+    /// user's before starting the agent, as the official Consul image's entrypoint does.
+    #[arg(long, env = "ROLLCALL_AGENT_USER", global = true)]
+    pub agent_user: Option<String>,
     /// exec: a URL that answers 2xx while the agent is healthy; without it, a running
     /// process counts as healthy.
     #[arg(long, env = "ROLLCALL_HEALTH_URL", global = true)]
@@ -210,9 +260,10 @@ pub struct CommonArgs {
     /// How long a joining node tries its join targets before exiting with 75.
     #[arg(long, env = "ROLLCALL_JOIN_TIMEOUT", global = true, value_parser = humantime::parse_duration, default_value = "120s")]
     pub join_timeout: Duration,
-    /// How long the agent has to exit after SIGTERM before it is killed.
-    #[arg(long, env = "ROLLCALL_STOP_TIMEOUT", global = true, value_parser = humantime::parse_duration, default_value = "10s")]
-    pub stop_timeout: Duration,
+    /// How long the agent has to exit after SIGTERM before it is killed (default 17s for
+    /// Consul, whose client agents take up to 15 s to leave; 10s otherwise).
+    #[arg(long, env = "ROLLCALL_STOP_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
+    pub stop_timeout: Option<Duration>,
     /// Timeout of one HTTP request to the registry or the agent.
     #[arg(long, env = "ROLLCALL_REQUEST_TIMEOUT", global = true, value_parser = humantime::parse_duration, default_value = "5s")]
     pub request_timeout: Duration,
@@ -245,6 +296,14 @@ pub struct Settings {
     pub agent_bin: Option<String>,
     pub etcd_peer_port: u16,
     pub consul_http: String,
+    pub consul_retry_interval: Duration,
+    pub consul_config_dir: PathBuf,
+    pub consul_local_config: Option<String>,
+    pub consul_bind_interface: Option<String>,
+    pub consul_client_interface: Option<String>,
+    pub consul_advertise_interface: Option<String>,
+    pub consul_http_token: Option<String>,
+    pub agent_user: Option<String>,
     pub health_url: Option<String>,
     pub registry_retry_limit: Duration,
     pub claim_wait_limit: Duration,
@@ -308,8 +367,13 @@ impl Settings {
         };
         validate_address(&join_host_port(&advertise_host, advertise_port))
             .map_err(|e| ConfigError(e.message))?;
+        let stop_timeout = common.stop_timeout.unwrap_or(match common.engine {
+            EngineKind::Consul => DEFAULT_CONSUL_STOP_TIMEOUT,
+            EngineKind::Etcd | EngineKind::Exec => DEFAULT_STOP_TIMEOUT,
+        });
         for (name, value) in [
-            ("--stop-timeout", common.stop_timeout),
+            ("--stop-timeout", stop_timeout),
+            ("--consul-retry-interval", common.consul_retry_interval),
             ("--request-timeout", common.request_timeout),
             ("--claim-wait-limit", common.claim_wait_limit),
         ] {
@@ -331,11 +395,28 @@ impl Settings {
             agent_bin: common.agent_bin.clone(),
             etcd_peer_port: common.etcd_peer_port,
             consul_http: common.consul_http.trim_end_matches('/').to_string(),
+            consul_retry_interval: common.consul_retry_interval,
+            consul_config_dir: common.consul_config_dir.clone(),
+            consul_local_config: common.consul_local_config.clone().filter(|c| !c.is_empty()),
+            consul_bind_interface: common
+                .consul_bind_interface
+                .clone()
+                .filter(|i| !i.is_empty()),
+            consul_client_interface: common
+                .consul_client_interface
+                .clone()
+                .filter(|i| !i.is_empty()),
+            consul_advertise_interface: common
+                .consul_advertise_interface
+                .clone()
+                .filter(|i| !i.is_empty()),
+            consul_http_token: common.consul_http_token.clone().filter(|t| !t.is_empty()),
+            agent_user: common.agent_user.clone().filter(|u| !u.is_empty()),
             health_url: common.health_url.clone(),
             registry_retry_limit: common.registry_retry_limit,
             claim_wait_limit: common.claim_wait_limit,
             join_timeout: common.join_timeout,
-            stop_timeout: common.stop_timeout,
+            stop_timeout,
             request_timeout: common.request_timeout,
             agent_args,
             ca_cert: common.ca_cert.clone(),
@@ -469,6 +550,27 @@ mod tests {
         assert_eq!(settings.claim_wait_limit, DEFAULT_CLAIM_WAIT_LIMIT);
         assert_eq!(settings.registry_retry_limit, DEFAULT_REGISTRY_RETRY_LIMIT);
         assert_eq!(settings.join_timeout, DEFAULT_JOIN_TIMEOUT);
+    }
+
+    #[test]
+    fn the_stop_timeout_fits_consuls_graceful_leave_unless_given() {
+        for (flags, expected) in [
+            (vec!["--engine", "consul"], DEFAULT_CONSUL_STOP_TIMEOUT),
+            (vec!["--engine", "etcd"], DEFAULT_STOP_TIMEOUT),
+            (vec!["--engine", "exec"], DEFAULT_STOP_TIMEOUT),
+            (
+                vec!["--engine", "consul", "--stop-timeout", "7s"],
+                Duration::from_secs(7),
+            ),
+        ] {
+            let mut args = vec!["--registry", "http://r", "--advertise", "a"];
+            args.extend(flags.iter());
+            let settings = Settings::from_args(&common(&args), vec![], Some("n1".into()), None)
+                .expect("settings");
+            assert_eq!(settings.stop_timeout, expected, "{flags:?}");
+        }
+        // Consul gives a client's graceful leave 15 s; the sidecar must not kill it sooner.
+        assert!(DEFAULT_CONSUL_STOP_TIMEOUT > Duration::from_secs(15));
     }
 
     #[test]

@@ -73,7 +73,9 @@ pub async fn run(settings: Settings) -> Result<i32, Exit> {
             return Err(leave_raft(&settings, &message));
         }
     };
-    let command = match command {
+    let command = match command
+        .and_then(|command| crate::engine::agent_user::run_as_agent_user(&settings, command))
+    {
         Ok(command) => command,
         Err(exit) => {
             member_loop.stop().await;

@@ -92,20 +92,25 @@ impl Agent {
     /// Spawns `command`; its output goes to the sidecar's own stdout and stderr.
     pub fn spawn(command: &AgentCommand, exits: watch::Receiver<Exits>) -> Result<Agent, Exit> {
         let program = resolve_program(&command.program)?;
-        info!(program = %program.display(), args = ?command.args, "starting the agent");
-        let child = std::process::Command::new(&program)
+        info!(program = %program.display(), args = ?command.args, user = command.user.as_ref().map(|u| u.name.as_str()), "starting the agent");
+        let mut process = std::process::Command::new(&program);
+        process
             .args(&command.args)
             .envs(command.env.iter().cloned())
-            .stdin(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                let code = match e.kind() {
-                    std::io::ErrorKind::NotFound => EXIT_AGENT_NOT_FOUND,
-                    std::io::ErrorKind::PermissionDenied => EXIT_AGENT_NOT_EXECUTABLE,
-                    _ => EXIT_INTERNAL,
-                };
-                Exit::new(code, format!("cannot start {}: {e}", program.display()))
-            })?;
+            .stdin(Stdio::null());
+        if let Some(user) = &command.user {
+            use std::os::unix::process::CommandExt as _;
+            // As root, std also drops the supplementary groups before setting the uid.
+            process.uid(user.uid).gid(user.gid);
+        }
+        let child = process.spawn().map_err(|e| {
+            let code = match e.kind() {
+                std::io::ErrorKind::NotFound => EXIT_AGENT_NOT_FOUND,
+                std::io::ErrorKind::PermissionDenied => EXIT_AGENT_NOT_EXECUTABLE,
+                _ => EXIT_INTERNAL,
+            };
+            Exit::new(code, format!("cannot start {}: {e}", program.display()))
+        })?;
         let pid = Pid::from_raw(child.id() as i32);
         // The reaper owns waiting; dropping the handle neither waits nor kills.
         drop(child);

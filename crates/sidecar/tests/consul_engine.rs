@@ -1,11 +1,21 @@
 //! The Consul engine, by tables: the `consul agent` command line for every role, and the
-//! status read from Consul's documented HTTP API answers (tests/fixtures/consul).
+//! status read from Consul's documented HTTP API answers (tests/fixtures/consul), as pure
+//! functions and through a stand-in for Consul's API (tests/common/consul.rs). No Consul
+//! binary can be had where these run: nothing here elects a leader.
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
 
 use clap::Parser;
-use rollcall_protocol::AgentStatus;
-use rollcall_sidecar::config::{Cli, Settings};
+use common::consul::FakeConsul;
+use common::TestRegistry;
+use rollcall_protocol::{AgentStatus, GrantedRole, MemberRole};
+use rollcall_sidecar::config::{Cli, Settings, DEFAULT_CONSUL_RETRY_INTERVAL};
 use rollcall_sidecar::engine::consul::{
-    agent_args, agent_status, parse_agent_self, parse_leader, parse_peers, ConsulArgs,
+    agent_args, agent_status, parse_agent_self, parse_autopilot_health, parse_leader,
+    parse_raft_configuration, ConsulArgs, RaftServer,
 };
 use rollcall_sidecar::engine::{Engine, StartPlan};
 use rollcall_sidecar::exit::EXIT_CONFIG;
@@ -23,18 +33,27 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-fn settings(flags: &[&str], passthrough: &[&str]) -> Settings {
-    let mut argv = vec![
-        "rollcall-sidecar",
-        "--registry",
-        "http://127.0.0.1:9",
-        "--node",
-        "c1",
-    ];
+fn settings_for(registry: &str, node: &str, flags: &[&str], passthrough: &[&str]) -> Settings {
+    let mut argv = vec!["rollcall-sidecar", "--registry", registry, "--node", node];
+    if !flags.contains(&"--consul-config-dir") {
+        // Nothing in these tests may depend on a /consul/config on the machine.
+        argv.extend([
+            "--consul-config-dir",
+            "/nonexistent/rollcall-test/consul-config",
+        ]);
+    }
     argv.extend_from_slice(flags);
     argv.push("claim");
     let cli = Cli::try_parse_from(argv).expect("parse");
     Settings::from_args(&cli.common, strings(passthrough), None, None).expect("settings")
+}
+
+fn settings(flags: &[&str], passthrough: &[&str]) -> Settings {
+    settings_for("http://127.0.0.1:9", "c1", flags, passthrough)
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("ip")
 }
 
 #[test]
@@ -50,10 +69,14 @@ fn agent_args_table() {
     let base = ConsulArgs {
         node: "c1",
         data_dir: "/consul/data",
-        advertise_host: "10.0.0.1",
+        config_dir: None,
+        advertise_ip: Some(ip("10.0.0.1")),
+        bind_ip: None,
+        client_ip: None,
         serf_lan_port: 8301,
         expect: 3,
         server: true,
+        retry_interval: Duration::from_secs(3),
         join: &none,
         passthrough: &none,
     };
@@ -66,6 +89,7 @@ fn agent_args_table() {
                 "-node=c1",
                 "-data-dir=/consul/data",
                 "-advertise=10.0.0.1",
+                "-retry-interval=3s",
                 "-server",
                 "-bootstrap-expect=3",
             ],
@@ -81,6 +105,7 @@ fn agent_args_table() {
                 "-node=c1",
                 "-data-dir=/consul/data",
                 "-advertise=10.0.0.1",
+                "-retry-interval=3s",
                 "-server",
                 "-bootstrap-expect=3",
                 "-retry-join=10.0.0.2:8301",
@@ -99,21 +124,32 @@ fn agent_args_table() {
                 "-node=c1",
                 "-data-dir=/consul/data",
                 "-advertise=10.0.0.1",
+                "-retry-interval=3s",
                 "-retry-join=10.0.0.2:8301",
                 "-retry-join=10.0.0.3:8301",
             ],
         },
         Row {
-            what: "a DNS name is not passed to -advertise, which takes an IP",
+            what:
+                "the official image's conventions: -config-dir, -bind and -client from interfaces",
             args: ConsulArgs {
-                advertise_host: "consul-1",
+                config_dir: Some("/consul/config"),
+                advertise_ip: Some(ip("172.18.0.3")),
+                bind_ip: Some(ip("172.18.0.3")),
+                client_ip: Some(ip("127.0.0.1")),
                 expect: 5,
+                retry_interval: Duration::from_millis(500),
                 ..base.clone()
             },
             expected: &[
                 "agent",
                 "-node=c1",
                 "-data-dir=/consul/data",
+                "-config-dir=/consul/config",
+                "-advertise=172.18.0.3",
+                "-bind=172.18.0.3",
+                "-client=127.0.0.1",
+                "-retry-interval=500ms",
                 "-server",
                 "-bootstrap-expect=5",
             ],
@@ -132,6 +168,7 @@ fn agent_args_table() {
                 "-data-dir=/consul/data",
                 "-advertise=10.0.0.1",
                 "-serf-lan-port=9301",
+                "-retry-interval=3s",
                 "-ui",
                 "-client=0.0.0.0",
             ],
@@ -177,6 +214,7 @@ async fn granted_roles_become_consul_command_lines() {
                 "-node=c1",
                 &data,
                 "-advertise=10.0.0.1",
+                "-retry-interval=3s",
                 "-server",
                 "-bootstrap-expect=3",
                 "-ui",
@@ -189,6 +227,7 @@ async fn granted_roles_become_consul_command_lines() {
                 "-node=c1",
                 &data,
                 "-advertise=10.0.0.1",
+                "-retry-interval=3s",
                 "-server",
                 "-bootstrap-expect=3",
                 "-retry-join=10.0.0.2:8301",
@@ -202,6 +241,7 @@ async fn granted_roles_become_consul_command_lines() {
                 "-node=c1",
                 &data,
                 "-advertise=10.0.0.1",
+                "-retry-interval=3s",
                 "-retry-join=10.0.0.2:8301",
                 "-ui",
             ],
@@ -214,6 +254,7 @@ async fn granted_roles_become_consul_command_lines() {
                 "-node=c1",
                 &data,
                 "-advertise=10.0.0.1",
+                "-retry-interval=3s",
                 "-retry-join=10.0.0.2:8301",
                 "-ui",
             ],
@@ -239,6 +280,168 @@ async fn granted_roles_become_consul_command_lines() {
     assert!(command.args.contains(&"-bootstrap-expect=3".to_string()));
 }
 
+/// Three servers claim at the same instant from the real registry; each gets the short
+/// `-retry-interval`, so a joiner that tried the bootstrap server before its Consul listened
+/// tries again within seconds, not after Consul's default 30 s. There is no Consul here to
+/// elect a leader: that the three then form a raft within seconds is not checked.
+#[tokio::test]
+async fn three_servers_claimed_at_the_same_instant_get_the_short_retry_interval() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let registry = TestRegistry::start(0, &temp.path().join("registry"), temp.path(), &[]).await;
+    let url = registry.url();
+    let claims = ["s1", "s2", "s3"].map(|node| {
+        let address = format!("10.0.0.{}", &node[1..]);
+        let data_dir = temp.path().join(node);
+        let settings = settings_for(
+            &url,
+            node,
+            &[
+                "--cluster",
+                "consul-same-instant",
+                "--engine",
+                "consul",
+                "--advertise",
+                &address,
+                "--data-dir",
+                data_dir.to_str().expect("utf-8"),
+            ],
+            &[],
+        );
+        async move {
+            let link = RegistryLink::new(&settings).expect("link");
+            let claim = link
+                .claim_at_start(Duration::from_secs(10), Duration::from_secs(20))
+                .await
+                .expect("claim");
+            let plan = match claim.role {
+                GrantedRole::Bootstrap => StartPlan::Bootstrap,
+                GrantedRole::Server => StartPlan::Server {
+                    join: claim.join.iter().map(|t| t.address.clone()).collect(),
+                },
+                GrantedRole::Agent => StartPlan::Agent {
+                    join: claim.join.iter().map(|t| t.address.clone()).collect(),
+                },
+            };
+            let engine = Engine::new(&settings).expect("engine");
+            let command = engine.prepare(&plan, None, &link).await.expect("command");
+            (node, claim.role, command.args)
+        }
+    });
+    let [a, b, c] = claims;
+    let (a, b, c) = tokio::join!(a, b, c);
+    let results = [a, b, c];
+    let bootstraps = results
+        .iter()
+        .filter(|(_, role, _)| *role == GrantedRole::Bootstrap)
+        .count();
+    assert_eq!(bootstraps, 1, "one bootstrap: {results:?}");
+    assert_eq!(DEFAULT_CONSUL_RETRY_INTERVAL, Duration::from_secs(3));
+    for (node, role, args) in &results {
+        assert_ne!(*role, GrantedRole::Agent, "{node} is a server: {args:?}");
+        assert!(
+            args.contains(&"-retry-interval=3s".to_string()),
+            "{node} ({role}): {args:?}"
+        );
+        assert!(
+            args.iter().any(|a| a.starts_with("-advertise=10.0.0.")),
+            "{args:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_retry_interval_can_be_overridden() {
+    let settings = settings(
+        &[
+            "--engine",
+            "consul",
+            "--advertise",
+            "10.0.0.1",
+            "--consul-retry-interval",
+            "1500ms",
+        ],
+        &[],
+    );
+    let engine = Engine::new(&settings).expect("engine");
+    let registry = RegistryLink::new(&settings).expect("registry client");
+    let command = engine
+        .prepare(&StartPlan::Bootstrap, None, &registry)
+        .await
+        .expect("command");
+    assert!(command.args.contains(&"-retry-interval=1500ms".to_string()));
+}
+
+/// `-advertise` always carries an IP: a host name is resolved once at start (here
+/// `localhost`, from /etc/hosts), and an advertise interface gives its IPv4 address (here
+/// `lo`, present on every Linux host).
+#[tokio::test]
+async fn advertise_is_always_an_ip_from_a_name_or_an_interface() {
+    for (what, flags, expected) in [
+        (
+            "a name resolved at start",
+            vec!["--advertise", "localhost"],
+            "-advertise=127.0.0.1",
+        ),
+        (
+            "an interface's address",
+            vec![
+                "--advertise",
+                "consul-1",
+                "--consul-advertise-interface",
+                "lo",
+            ],
+            "-advertise=127.0.0.1",
+        ),
+        (
+            "an IP as it is",
+            vec!["--advertise", "10.9.8.7"],
+            "-advertise=10.9.8.7",
+        ),
+    ] {
+        let mut all = vec!["--engine", "consul"];
+        all.extend(flags);
+        let settings = settings(&all, &[]);
+        let engine = Engine::new(&settings).expect("engine");
+        let registry = RegistryLink::new(&settings).expect("registry client");
+        let command = engine
+            .prepare(&StartPlan::Bootstrap, None, &registry)
+            .await
+            .expect(what);
+        assert!(
+            command.args.contains(&expected.to_string()),
+            "{what}: {:?}",
+            command.args
+        );
+    }
+
+    // A name that cannot resolve is a configuration error, said at start.
+    let unresolvable = settings(
+        &["--engine", "consul", "--advertise", "no-such-host.invalid"],
+        &[],
+    );
+    let engine = Engine::new(&unresolvable).expect("engine");
+    let registry = RegistryLink::new(&unresolvable).expect("registry client");
+    let error = engine
+        .prepare(&StartPlan::Bootstrap, None, &registry)
+        .await
+        .expect_err("unresolvable");
+    assert_eq!(error.code, EXIT_CONFIG);
+    // An interface that does not exist, too.
+    let error = Engine::new(&settings(
+        &[
+            "--engine",
+            "consul",
+            "--advertise",
+            "10.0.0.1",
+            "--consul-bind-interface",
+            "no-such-if0",
+        ],
+        &[],
+    ))
+    .expect_err("no such interface");
+    assert_eq!(error.code, EXIT_CONFIG);
+}
+
 #[test]
 fn pass_through_flags_that_the_registry_decides_are_refused() {
     for flag in [
@@ -259,15 +462,15 @@ fn status_table_from_documented_answers() {
     struct Row {
         what: &'static str,
         leader: &'static str,
-        peers: &'static str,
+        servers: Option<&'static str>,
         agent_self: &'static str,
         expected: AgentStatus,
     }
     let rows = [
         Row {
-            what: "the documented sample: the agent is the server at the leader's address",
+            what: "the documented agent, leader in the raft configuration",
             leader: "status_leader.json",
-            peers: "status_peers.json",
+            servers: Some("raft_configuration.json"),
             agent_self: "agent_self_documented.json",
             expected: AgentStatus {
                 in_raft: Some(true),
@@ -277,9 +480,9 @@ fn status_table_from_documented_answers() {
             },
         },
         Row {
-            what: "a follower, told by Stats.consul.leader",
+            what: "a follower and voter, by the autopilot health",
             leader: "status_leader.json",
-            peers: "status_peers.json",
+            servers: Some("autopilot_health.json"),
             agent_self: "agent_self_follower_with_stats.json",
             expected: AgentStatus {
                 in_raft: Some(true),
@@ -289,9 +492,33 @@ fn status_table_from_documented_answers() {
             },
         },
         Row {
+            what: "a non-voter in the raft configuration: not in the raft, not counted",
+            leader: "status_leader.json",
+            servers: Some("raft_configuration_non_voter.json"),
+            agent_self: "agent_self_follower_with_stats.json",
+            expected: AgentStatus {
+                in_raft: Some(false),
+                leader: Some("10.1.10.12:8300".into()),
+                peers: Some(2),
+                is_leader: Some(false),
+            },
+        },
+        Row {
+            what: "a non-voter in the autopilot health",
+            leader: "status_leader.json",
+            servers: Some("autopilot_health_non_voter.json"),
+            agent_self: "agent_self_follower_with_stats.json",
+            expected: AgentStatus {
+                in_raft: Some(false),
+                leader: Some("10.1.10.12:8300".into()),
+                peers: Some(1),
+                is_leader: Some(false),
+            },
+        },
+        Row {
             what: "no leader elected yet",
             leader: "status_leader_none.json",
-            peers: "status_peers.json",
+            servers: Some("raft_configuration.json"),
             agent_self: "agent_self_follower_with_stats.json",
             expected: AgentStatus {
                 in_raft: Some(false),
@@ -301,36 +528,81 @@ fn status_table_from_documented_answers() {
             },
         },
         Row {
-            what: "a client agent is never the leader",
+            what:
+                "a server without the server list (no operator:read): voters unknown, not guessed",
             leader: "status_leader.json",
-            peers: "status_peers.json",
+            servers: None,
+            agent_self: "agent_self_follower_with_stats.json",
+            expected: AgentStatus {
+                in_raft: None,
+                leader: Some("10.1.10.12:8300".into()),
+                peers: None,
+                is_leader: Some(false),
+            },
+        },
+        Row {
+            what: "a client agent is never the leader, and is in service with a leader",
+            leader: "status_leader.json",
+            servers: None,
             agent_self: "agent_self_client.json",
             expected: AgentStatus {
                 in_raft: Some(true),
                 leader: Some("10.1.10.12:8300".into()),
-                peers: Some(3),
+                peers: None,
                 is_leader: Some(false),
             },
         },
     ];
     for row in rows {
         let leader = parse_leader(&fixture(row.leader)).expect("leader");
-        let peers = parse_peers(&fixture(row.peers)).expect("peers");
+        let servers = row.servers.map(|name| {
+            let body = fixture(name);
+            if name.starts_with("autopilot") {
+                parse_autopilot_health(&body).expect("autopilot health")
+            } else {
+                parse_raft_configuration(&body).expect("raft configuration")
+            }
+        });
         let agent = parse_agent_self(&fixture(row.agent_self)).expect("agent self");
-        let status = agent_status(leader.as_deref(), Some(&peers), Some(&agent));
+        let status = agent_status(leader.as_deref(), servers.as_deref(), Some(&agent));
         assert_eq!(status, row.expected, "{}", row.what);
     }
 }
 
 #[test]
-fn a_server_that_is_not_a_voter_yet_is_not_in_the_raft() {
-    let agent =
-        parse_agent_self(&fixture("agent_self_follower_with_stats.json")).expect("agent self");
-    assert_eq!(agent.rpc_address.as_deref(), Some("10.1.10.11:8300"));
-    let peers = strings(&["10.1.10.12:8300", "10.1.10.10:8300"]);
-    let status = agent_status(Some("10.1.10.12:8300"), Some(&peers), Some(&agent));
-    assert_eq!(status.in_raft, Some(false));
-    assert_eq!(status.peers, Some(2));
+fn operator_answers_are_parsed_alike() {
+    let from_raft = parse_raft_configuration(&fixture("raft_configuration_non_voter.json"))
+        .expect("raft configuration");
+    assert_eq!(
+        from_raft[2],
+        RaftServer {
+            node: "consul-2".into(),
+            address: "10.1.10.11:8300".into(),
+            leader: false,
+            voter: false,
+        }
+    );
+    let from_autopilot =
+        parse_autopilot_health(&fixture("autopilot_health.json")).expect("autopilot health");
+    assert_eq!(from_autopilot.len(), 3);
+    assert!(from_autopilot[0].leader && from_autopilot[0].voter);
+    assert_eq!(from_autopilot[0].node, "foobar");
+    for (what, result) in [
+        (
+            "raft configuration as a list",
+            parse_raft_configuration("[]"),
+        ),
+        (
+            "autopilot health without Servers",
+            parse_autopilot_health(r#"{"Healthy":true}"#),
+        ),
+        (
+            "an ACL refusal body",
+            parse_raft_configuration(&fixture("acl_permission_denied.txt")),
+        ),
+    ] {
+        assert!(result.is_err(), "{what}");
+    }
 }
 
 #[test]
@@ -340,20 +612,215 @@ fn agent_self_fields_and_malformed_answers() {
     assert!(documented.server);
     assert_eq!(documented.rpc_address.as_deref(), Some("10.1.10.12:8300"));
     assert_eq!(documented.stats_leader, None);
+    assert_eq!(documented.acl_enabled, None);
     let client = parse_agent_self(&fixture("agent_self_client.json")).expect("agent self");
     assert!(!client.server);
     assert_eq!(client.rpc_address, None);
+    assert_eq!(client.acl_enabled, Some(false));
+    let with_acl =
+        parse_agent_self(&fixture("agent_self_follower_acl_enabled.json")).expect("agent self");
+    assert_eq!(with_acl.acl_enabled, Some(true));
+    assert_eq!(with_acl.rpc_address.as_deref(), Some("10.1.10.11:8300"));
 
     for (what, result) in [
         ("leader as a number", parse_leader("8300").map(|_| ())),
         ("leader as HTML", parse_leader("<html>").map(|_| ())),
-        ("peers as an object", parse_peers(r#"{"a":1}"#).map(|_| ())),
         (
             "agent/self without Config",
             parse_agent_self(r#"{"Member":{}}"#).map(|_| ()),
+        ),
+        (
+            "an ACL refusal body",
+            parse_agent_self(&fixture("acl_permission_denied.txt")).map(|_| ()),
         ),
     ] {
         assert!(result.is_err(), "{what}");
     }
     assert_eq!(parse_leader(&fixture("status_leader_none.json")), Ok(None));
+}
+
+fn consul_settings(api: &str, token: Option<&str>) -> Settings {
+    let mut flags = vec![
+        "--engine",
+        "consul",
+        "--advertise",
+        "10.1.10.11",
+        "--consul-http",
+        api,
+    ];
+    if let Some(token) = token {
+        flags.extend(["--consul-http-token", token]);
+    }
+    settings(&flags, &[])
+}
+
+/// With ACLs on, the token goes with every call to the agent's API; without it, Consul
+/// answers 403 where a permission is needed and the status says only what the
+/// token-free `/v1/status/leader` tells.
+#[tokio::test]
+async fn the_acl_token_goes_with_every_call() {
+    const TOKEN: &str = "b1gs33cr3t";
+    let answers = [
+        ("/v1/status/leader", 200, fixture("status_leader.json")),
+        (
+            "/v1/agent/self",
+            200,
+            fixture("agent_self_follower_acl_enabled.json"),
+        ),
+        (
+            "/v1/operator/raft/configuration",
+            200,
+            fixture("raft_configuration_non_voter.json"),
+        ),
+    ];
+    let consul = FakeConsul::start(&answers, Some(TOKEN)).await;
+
+    let engine = Engine::new(&consul_settings(&consul.url, Some(TOKEN))).expect("engine");
+    assert!(
+        !format!("{engine:?}").contains(TOKEN),
+        "the token never reaches a log"
+    );
+    assert!(matches!(
+        engine.health(MemberRole::Server).await,
+        rollcall_sidecar::engine::Health::Healthy
+    ));
+    assert_eq!(engine.detect_role().await, Some(MemberRole::Server));
+    let status = engine.status(MemberRole::Server).await.expect("status");
+    assert_eq!(
+        status,
+        AgentStatus {
+            in_raft: Some(false),
+            leader: Some("10.1.10.12:8300".into()),
+            peers: Some(2),
+            is_leader: Some(false),
+        },
+        "a non-voter, reported as not in the raft"
+    );
+    let calls = consul.calls();
+    assert!(calls.len() >= 5, "{calls:?}");
+    for call in &calls {
+        assert_eq!(call.token.as_deref(), Some(TOKEN), "{call:?}");
+    }
+
+    // Without the token: agent/self and the operator endpoints are refused.
+    let engine = Engine::new(&consul_settings(&consul.url, None)).expect("engine");
+    assert_eq!(engine.detect_role().await, None);
+    let status = engine.status(MemberRole::Server).await.expect("status");
+    assert_eq!(
+        status,
+        AgentStatus {
+            in_raft: None,
+            leader: Some("10.1.10.12:8300".into()),
+            peers: None,
+            is_leader: None,
+        }
+    );
+}
+
+/// When the raft configuration is refused or fails, Autopilot's health is read instead,
+/// also when it answers 429 (Consul's answer while the cluster is unhealthy, with the same
+/// body).
+#[tokio::test]
+async fn autopilot_health_is_read_when_the_raft_configuration_fails() {
+    let answers = [
+        ("/v1/status/leader", 200, fixture("status_leader.json")),
+        (
+            "/v1/agent/self",
+            200,
+            fixture("agent_self_follower_with_stats.json"),
+        ),
+        (
+            "/v1/operator/raft/configuration",
+            500,
+            "No cluster leader".to_string(),
+        ),
+        (
+            "/v1/operator/autopilot/health",
+            429,
+            fixture("autopilot_health_non_voter.json"),
+        ),
+    ];
+    let consul = FakeConsul::start(&answers, None).await;
+    let engine = Engine::new(&consul_settings(&consul.url, None)).expect("engine");
+    let status = engine.status(MemberRole::Server).await.expect("status");
+    assert_eq!(status.in_raft, Some(false));
+    assert_eq!(status.peers, Some(1));
+    let paths: Vec<String> = consul.calls().into_iter().map(|c| c.path).collect();
+    assert!(
+        paths.contains(&"/v1/operator/autopilot/health".to_string()),
+        "{paths:?}"
+    );
+}
+
+/// With `CONSUL_CLIENT_INTERFACE`, Consul's API listens on that interface's address only, so
+/// the sidecar reads it there unless `--consul-http` says otherwise.
+#[test]
+fn the_api_is_read_on_the_client_interface() {
+    for (flags, expected) in [
+        (vec![], "http://127.0.0.1:8500"),
+        (
+            vec!["--consul-client-interface", "lo"],
+            "http://127.0.0.1:8500",
+        ),
+        (
+            vec![
+                "--consul-client-interface",
+                "lo",
+                "--consul-http",
+                "http://10.0.0.1:9500",
+            ],
+            "http://10.0.0.1:9500",
+        ),
+    ] {
+        let mut all = vec!["--engine", "consul", "--advertise", "10.0.0.1"];
+        all.extend(flags.iter());
+        let Engine::Consul(engine) = Engine::new(&settings(&all, &[])).expect("engine") else {
+            panic!("a consul engine");
+        };
+        assert_eq!(engine.api_base(), expected, "{flags:?}");
+    }
+}
+
+/// `CONSUL_LOCAL_CONFIG` that is not JSON is refused at start with exit 64, before Consul
+/// would refuse it with a less clear line; JSON lands in `local.json` and `-config-dir` is
+/// passed.
+#[tokio::test]
+async fn local_config_is_written_before_consul_starts_or_refused() {
+    let temp = tempfile::tempdir().expect("tempdir");
+    let config_dir = temp.path().join("config");
+    let config = config_dir.to_str().expect("utf-8");
+    for (local_config, accepted) in [
+        (r#"{"datacenter":"eu"}"#, true),
+        ("datacenter = \"eu\"", false),
+    ] {
+        let settings = settings(
+            &[
+                "--engine",
+                "consul",
+                "--advertise",
+                "10.0.0.1",
+                "--consul-config-dir",
+                config,
+                "--consul-local-config",
+                local_config,
+            ],
+            &[],
+        );
+        let engine = Engine::new(&settings).expect("engine");
+        let registry = RegistryLink::new(&settings).expect("registry client");
+        let result = engine.prepare(&StartPlan::Bootstrap, None, &registry).await;
+        if accepted {
+            let command = result.expect("command");
+            assert!(
+                command.args.contains(&format!("-config-dir={config}")),
+                "{command:?}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(config_dir.join("local.json")).expect("local.json"),
+                local_config
+            );
+        } else {
+            assert_eq!(result.expect_err("not JSON").code, EXIT_CONFIG);
+        }
+    }
 }

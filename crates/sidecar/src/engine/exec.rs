@@ -64,6 +64,7 @@ impl ExecEngine {
             program: program.clone(),
             args: args.to_vec(),
             env,
+            user: None,
         })
     }
 

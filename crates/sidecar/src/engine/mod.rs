@@ -8,6 +8,7 @@
 //! Each engine's argument building and response parsing are pure functions, tested by
 //! tables in their modules.
 
+pub mod agent_user;
 pub mod consul;
 pub mod etcd;
 pub mod exec;
@@ -78,6 +79,8 @@ pub struct AgentCommand {
     pub args: Vec<String>,
     /// Extra environment for the agent.
     pub env: Vec<(String, String)>,
+    /// The user the agent runs as (`--agent-user`); `None` runs it as the sidecar's user.
+    pub user: Option<agent_user::AgentUser>,
 }
 
 /// What the agent's API says about it right now.
@@ -127,6 +130,7 @@ impl Engine {
     /// `targets` is asked for fresh ones between rounds. `raft` is the raft the registry
     /// named: etcd's cluster token and exec's environment carry it; Consul has no setting
     /// that names a raft (its servers find each other by address), so it gets nothing.
+    /// Consul resolves its `-advertise` IP and writes `CONSUL_LOCAL_CONFIG` here.
     pub async fn prepare(
         &self,
         plan: &StartPlan,
@@ -134,7 +138,7 @@ impl Engine {
         targets: &impl JoinTargets,
     ) -> Result<AgentCommand, Exit> {
         match self {
-            Engine::Consul(e) => Ok(e.command(plan)),
+            Engine::Consul(e) => e.prepare(plan).await,
             Engine::Etcd(e) => e.prepare(plan, raft, targets).await,
             Engine::Exec(e) => e.command(plan, raft),
         }

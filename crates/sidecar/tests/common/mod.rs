@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod consul;
 pub mod etcd;
 pub mod registry;
 

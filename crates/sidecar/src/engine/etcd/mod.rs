@@ -172,6 +172,7 @@ impl EtcdEngine {
             program: self.program.clone(),
             args,
             env: vec![],
+            user: None,
         })
     }
 
