@@ -4,6 +4,9 @@
 //! Every flag has a `ROLLCALL_*` environment variable, so that a Compose file can configure
 //! the sidecar without rewriting the container's command. Defaults are the named constants
 //! below; the README's configuration table lists the same names.
+//!
+//! Long on purpose: every flag and variable of the sidecar is declared and validated here, one
+//! home for the configuration that README's table mirrors.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -45,6 +45,9 @@
 //! mark file without a commit in sled, a commit in sled without a mark file, or a commit below
 //! the mark, is a loss. (A sled that lost its `meta` tree in a directory whose mark file was
 //! deleted too looks like an upgrade: nothing written outside sled is left to tell.)
+//!
+//! Long on purpose: the mark, the copy and the verdict at start are one mechanism, read
+//! together; its own tests (the verdict table, torn slots, flipped bytes) follow the code.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};

@@ -42,6 +42,9 @@
 //! to accept the loss. Grants and histories the copy holds ahead of sled are written back. sled 0.34.7's
 //! `flush_async` is not used because it deadlocks under concurrent callers. A plain renewal does
 //! not write at all, and status or metadata changes are written without waiting for the disk.
+//!
+//! Long on purpose: the store's whole interface and the order of its opening checks are read
+//! in one place; about a fifth of the file is its tests.
 
 mod flusher;
 pub mod integrity;
