@@ -35,6 +35,21 @@ fn hb(address: &str, raft: Option<RaftIdentity>) -> HeartbeatRequest {
     }
 }
 
+/// TTL 3 s, interval and grace 500 ms, and the given quiet period: a restart in these tests
+/// happens well inside one TTL.
+fn short_timing(quiet_period: &str) -> [&str; 8] {
+    [
+        "--ttl",
+        "3s",
+        "--interval",
+        "500ms",
+        "--startup-grace",
+        "500ms",
+        "--quiet-period",
+        quiet_period,
+    ]
+}
+
 fn code(err: &ClientError) -> Option<(u16, ErrorCode)> {
     match err {
         ClientError::Api { status, code, .. } => Some((*status, *code)),
@@ -64,17 +79,7 @@ async fn claim_answered(
 /// started as). Neither, nor a third node, is ever told `bootstrap` again.
 #[tokio::test]
 async fn an_empty_data_directory_while_a_raft_forms_never_grants_a_second_bootstrap() {
-    let args = [
-        "--ttl",
-        "3s",
-        "--interval",
-        "500ms",
-        "--startup-grace",
-        "500ms",
-        "--quiet-period",
-        "1s",
-    ];
-    let mut reg = TestRegistry::start_process(&args).await;
+    let mut reg = TestRegistry::start_process(&short_timing("1s")).await;
     after_grace(&reg).await;
     let c = reg.client();
     let k1 = c.claim("forming", &claim("k1", 3)).await.expect("k1");
@@ -128,17 +133,7 @@ async fn an_empty_data_directory_while_a_raft_forms_never_grants_a_second_bootst
 /// quiet period across a clean restart; a known raft stays known.
 #[tokio::test]
 async fn a_restart_forgets_neither_the_quiet_period_nor_the_raft() {
-    let args = [
-        "--ttl",
-        "3s",
-        "--interval",
-        "500ms",
-        "--startup-grace",
-        "500ms",
-        "--quiet-period",
-        "6s",
-    ];
-    let mut reg = TestRegistry::start_process(&args).await;
+    let mut reg = TestRegistry::start_process(&short_timing("6s")).await;
     after_grace(&reg).await;
     let c = reg.client();
     // A grant whose raft never became known, released.

@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rollcall_protocol::MemberRole;
 
 const CLUSTER: &str = "etcd-three";
 /// What "within one interval" may exceed the interval by: the heartbeat request, the
@@ -124,21 +123,7 @@ async fn three_sidecars_form_one_raft_that_outlives_and_refills_the_registry() {
     poll_until(
         Duration::from_secs(30),
         "the fourth node as a healthy agent",
-        || {
-            let registry = &registry;
-            async move {
-                let members = registry.members(CLUSTER).await?;
-                members
-                    .members
-                    .iter()
-                    .any(|m| {
-                        m.node == "n4"
-                            && m.role == MemberRole::Agent
-                            && m.status.in_raft == Some(true)
-                    })
-                    .then_some(())
-            }
-        },
+        || registry.agent_in_raft(CLUSTER, "n4"),
     )
     .await;
     assert_eq!(

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
-use rollcall_protocol::{ClaimRequest, GrantedRole, MemberRole, RaftIdentity};
+use rollcall_protocol::{ClaimRequest, GrantedRole, RaftIdentity};
 
 /// The sidecar's raft identity file, as `raft_identity.rs` writes it.
 fn identity_file(data_dir: &Path) -> PathBuf {
@@ -201,21 +201,7 @@ async fn a_paused_raft_is_never_replaced_and_a_newcomer_waits_saying_why() {
     poll_until(
         Duration::from_secs(30),
         "the fourth node as a healthy agent",
-        || {
-            let registry = &registry;
-            async move {
-                let members = registry.members(CLUSTER).await?;
-                members
-                    .members
-                    .iter()
-                    .any(|m| {
-                        m.node == "n4"
-                            && m.role == MemberRole::Agent
-                            && m.status.in_raft == Some(true)
-                    })
-                    .then_some(())
-            }
-        },
+        || registry.agent_in_raft(CLUSTER, "n4"),
     )
     .await;
     let waited_for = resumed_at.elapsed();

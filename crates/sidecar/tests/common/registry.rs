@@ -160,6 +160,19 @@ impl TestRegistry {
         members.members.iter().any(|m| m.node == node).then_some(())
     }
 
+    /// `Some(())` once `cluster` lists `node` as an agent whose heartbeat says it reaches the
+    /// raft (an etcd gateway), for [`poll_until`].
+    pub async fn agent_in_raft(&self, cluster: &str, node: &str) -> Option<()> {
+        let members = self.members(cluster).await?;
+        members
+            .members
+            .iter()
+            .any(|m| {
+                m.node == node && m.role == MemberRole::Agent && m.status.in_raft == Some(true)
+            })
+            .then_some(())
+    }
+
     /// Live servers of `cluster` whose heartbeat says they are in the raft.
     pub async fn servers_in_raft(&self, cluster: &str) -> Vec<String> {
         let Some(members) = self.members(cluster).await else {
