@@ -5,9 +5,14 @@
 #
 #   bash start.sh                      Consul if its image can be had, etcd otherwise
 #   bash start.sh --engine etcd        an etcd raft
-#   bash start.sh --nodes 5            five raft nodes (a five-server raft)
+#   bash start.sh --nodes 5            five raft nodes (a five-server raft); over a running
+#                                      raft of the same engine it resizes that raft
 #   bash start.sh status               the registry's view of the running raft
 #   bash start.sh down                 stop and remove containers, network and volumes
+#   bash start.sh --swarm              the same on Docker Swarm (docker-stack.yml): makes a
+#                                      single-node swarm when the engine is in none
+#   bash start.sh down --swarm         remove the stack and its volumes; leave the swarm if
+#                                      start.sh made it
 #
 # Running it twice is harmless: what is built stays built, what runs keeps running.
 # It works with `docker compose` (v2) and with `docker-compose` 1.29.
@@ -27,9 +32,9 @@ export ROLLCALL_REGISTRY_PORT="${ROLLCALL_REGISTRY_PORT:-7400}"
 
 usage() {
     cat <<'USAGE'
-usage: bash start.sh [up] [--engine consul|etcd] [--nodes N] [--timeout SECONDS] [--no-browser]
-       bash start.sh status
-       bash start.sh down
+usage: bash start.sh [up] [--swarm | --ha] [--engine consul|etcd] [--nodes N] [--timeout SECONDS] [--no-browser]
+       bash start.sh status [--swarm]
+       bash start.sh down [--swarm]
 
   up (default)   build what is missing, start the registry and N raft nodes, wait until the
                  raft is healthy (N live members, one leader) and print links
@@ -38,8 +43,17 @@ usage: bash start.sh [up] [--engine consul|etcd] [--nodes N] [--timeout SECONDS]
 
   --engine       consul (default when hashicorp/consul can be pulled) or etcd
   --nodes N      raft nodes to run (default 3); as many as a claim may ask for become
-                 servers (MAX_EXPECT of `rollcall-registry defaults`), the rest agents
+                 servers (MAX_EXPECT of `rollcall-registry defaults`), the rest agents.
+                 Over a running raft of the same engine: resizes it (`rollcall-registry
+                 resize`; the nodes removed by a shrink `rollcall-sidecar leave` first)
   --timeout S    how long to wait for a healthy raft (default 180)
+  --swarm        deploy docker-stack.yml with `docker stack deploy` instead of Compose (a
+                 single-node swarm is made when the engine is in none, and left by
+                 `down --swarm`); ROLLCALL_STACK (rollcall) names the stack,
+                 ROLLCALL_SWARM_SUBNET (10.77.0.0/24) its overlay network
+  --ha           the registry as two replicas (ports ROLLCALL_REGISTRY_PORT and
+                 ROLLCALL_REGISTRY_PORT_2, 7400 and 7401) on a three-member etcd of its own
+                 (docker-compose.ha.yml); the raft is given both replicas
   --no-browser   do not open a browser
 
 Environment: ROLLCALL_SKIP_CARGO=1 (use the static binaries already in docker/bin), ROLLCALL_ENGINE, ROLLCALL_NODES, ROLLCALL_EXPECT, ROLLCALL_REGISTRY_PORT (7400),
@@ -101,7 +115,16 @@ find_compose() {
         die "neither 'docker compose' nor 'docker-compose' is installed"
     fi
 }
-compose() { "${compose_cmd[@]}" -f "$repo_dir/docker-compose.yml" -p "$COMPOSE_PROJECT_NAME" "$@"; }
+compose() {
+    local files=(-f "$repo_dir/docker-compose.yml")
+    [[ ${ha:-no} == yes ]] && files+=(-f "$repo_dir/docker-compose.ha.yml")
+    "${compose_cmd[@]}" "${files[@]}" -p "$COMPOSE_PROJECT_NAME" "$@"
+}
+# Whether the running project is the --ha one (its second registry replica exists).
+running_ha() {
+    [[ -n $(docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+        --filter label=com.docker.compose.service=bootstrap-2 2>/dev/null) ]]
+}
 
 require_docker() {
     command -v docker >/dev/null || die "docker is not installed"
@@ -180,7 +203,10 @@ ensure_base_image() {
 }
 
 build_images() {
-    run_logged "docker images (registry, $ROLLCALL_ENGINE node)" images.log compose build bootstrap raft
+    local services=(bootstrap raft)
+    # The registry's etcd runs from the etcd node image (for a Consul raft too).
+    [[ ${ha:-no} == yes ]] && services+=(registry-etcd-1)
+    run_logged "docker images (registry, $ROLLCALL_ENGINE node)" images.log compose build "${services[@]}"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -245,8 +271,7 @@ wait_until_healthy() {
         if ((elapsed >= timeout)); then
             [[ -t 1 ]] && printf '\r\e[K'
             printf '%serror:%s the raft is not healthy after %ss (%s)\n' "$red" "$reset" "$timeout" "$line" >&2
-            compose ps >&2 || true
-            compose logs --tail=20 >&2 || true
+            "${diagnose:-compose_diagnose}"
             exit 1
         fi
         if [[ -t 1 ]]; then
@@ -256,6 +281,11 @@ wait_until_healthy() {
         fi
         sleep 1
     done
+}
+
+compose_diagnose() {
+    compose ps >&2 || true
+    compose logs --tail=20 >&2 || true
 }
 
 print_state() {
@@ -271,39 +301,61 @@ print_state() {
     engine="$(running_engine)"
     printf '%sregistry%s    http://localhost:%s/   (members: http://localhost:%s/v1/clusters/%s/members)\n' \
         "$bold" "$reset" "$ROLLCALL_REGISTRY_PORT" "$ROLLCALL_REGISTRY_PORT" "$ROLLCALL_CLUSTER"
+    [[ ${ha:-no} == yes ]] && print_replicas
     local port
     case "$engine" in
         consul)
-            port="$(published_port 8500)"
+            port="$("${port_of:-published_port}" 8500)"
             printf '%sConsul UI%s   http://localhost:%s/ui/\n' "$bold" "$reset" "$port"
-            printf '%smembers%s     docker exec %s consul members\n' "$bold" "$reset" "$(first_node)"
+            printf '%smembers%s     docker exec %s consul members\n' "$bold" "$reset" "$("${node_of:-first_node}")"
             browser_url="http://localhost:$port/ui/"
             ;;
         etcd)
-            port="$(published_port 2379)"
+            port="$("${port_of:-published_port}" 2379)"
             printf '%setcd%s        etcdctl --endpoints=http://127.0.0.1:%s member list -w table\n' "$bold" "$reset" "$port"
             # etcd listens on the node's own address, not on its loopback.
-            printf '            %s(in a node: docker exec %s sh -c '\''etcdctl --endpoints=$(hostname -i):2379 member list -w table'\'')%s\n' "$dim" "$(first_node)" "$reset"
+            printf '            %s(in a node: docker exec %s sh -c '\''etcdctl --endpoints=$(hostname -i):2379 member list -w table'\'')%s\n' "$dim" "$("${node_of:-first_node}")" "$reset"
             browser_url="http://localhost:$ROLLCALL_REGISTRY_PORT/"
             ;;
     esac
-    printf '%sstop%s        bash start.sh down\n' "$bold" "$reset"
+    printf '%sstop%s        bash start.sh down%s\n' "$bold" "$reset" "${swarm_flag:-}"
 }
 
 first_node() { compose ps -q raft 2>/dev/null | head -n 1 | cut -c1-12; }
+
+# --ha: each registry replica's role, as its /health says.
+print_replicas() {
+    local port role base
+    command -v curl >/dev/null || return 0
+    base="$(registry_url)"
+    for port in "$ROLLCALL_REGISTRY_PORT" "${ROLLCALL_REGISTRY_PORT_2:-7401}"; do
+        role="$(curl -fsS --max-time 3 "${base%:*}:$port/health" 2>/dev/null |
+            sed -n 's/.*"replica":{"role":"\([a-z]*\)","name":"\([^"]*\)".*/\2 (\1)/p')"
+        printf '%sreplica%s     http://localhost:%s/   %s\n' "$bold" "$reset" "$port" "${role:-not answering}"
+    done
+}
 
 # One variable of a container's environment (Docker's own list, one NAME=VALUE a line).
 container_env() {
     docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$1" | sed -n "s/^$2=//p"
 }
 
-# A raft whose engine or size changes is replaced, not reconfigured: Compose recreates its
-# containers and their data goes with them. The registry remembers that raft and refuses new
-# nodes (reset_required) until an operator resets the cluster, so start.sh, which is making
-# that decision for the operator, removes the old nodes and resets the cluster, and says so.
-# The same when the registry remembers a raft of which no container is left.
-reset_if_replacing() {
-    local registry_id ids first engine expect generation reason=""
+# A raft whose engine changes is replaced, not reconfigured: its containers and their data
+# go. The registry remembers that raft and refuses new nodes (reset_required) until an
+# operator resets the cluster, so start.sh, which is making that decision for the operator,
+# removes the old nodes and resets the cluster, and says so. The same when the registry
+# remembers a raft of which no container is left.
+#
+# A raft whose size changes (--nodes) is resized, not replaced: its data stays.
+#   growing:   `rollcall-registry resize` first, so that the new nodes take server slots;
+#   shrinking: resize, then `rollcall-sidecar leave` in each node to remove (the newest
+#              ones, which Compose would remove first), which takes it out of the raft for
+#              good, then its container and volume are removed. A plain `docker stop` or a
+#              Compose scale-down would only stop it: the raft would keep it as a member.
+# The running containers keep their environment (--no-recreate): recreating them all at
+# once would restart the whole raft.
+reconcile_running_raft() {
+    local registry_id ids first engine expect generation reason="" count
     registry_id="$(compose ps -q bootstrap 2>/dev/null | head -n 1)"
     [[ -n $registry_id ]] || return 0
     ids="$(compose ps -q raft 2>/dev/null)"
@@ -311,7 +363,12 @@ reset_if_replacing() {
         first="$(printf '%s\n' "$ids" | head -n 1)"
         engine="$(container_env "$first" ROLLCALL_ENGINE)"
         expect="$(container_env "$first" ROLLCALL_EXPECT)"
-        [[ $engine == "$ROLLCALL_ENGINE" && $expect == "$ROLLCALL_EXPECT" ]] && return 0
+        count="$(printf '%s\n' "$ids" | grep -c .)"
+        if [[ $engine == "$ROLLCALL_ENGINE" ]]; then
+            [[ $expect == "$ROLLCALL_EXPECT" && $count == "$ROLLCALL_NODES" ]] && return 0
+            resize_running_raft "$registry_id" "$count"
+            return 0
+        fi
         reason="start.sh replaced the $engine raft (expect ${expect:-?}) with a $ROLLCALL_ENGINE raft (expect $ROLLCALL_EXPECT)"
         step "replacing the running raft: $engine (expect ${expect:-?}) -> $ROLLCALL_ENGINE (expect $ROLLCALL_EXPECT); its nodes and their data are removed"
         run_logged "remove the old raft" rm-raft.log compose rm --force --stop -v raft
@@ -331,13 +388,44 @@ reset_if_replacing() {
     note "reset: the next node bootstraps generation $((generation + 1))"
 }
 
+# Resizes the running raft to $ROLLCALL_EXPECT voters and $ROLLCALL_NODES containers.
+resize_running_raft() {
+    local registry_id="$1" count="$2" generation said id
+    generation="$(docker exec "$registry_id" rollcall-registry generation "$ROLLCALL_CLUSTER")" ||
+        die "cannot ask the registry for cluster $ROLLCALL_CLUSTER's generation"
+    step "resizing the running raft: $count -> $ROLLCALL_NODES nodes, expect $ROLLCALL_EXPECT (its data stays)"
+    if ((generation > 0)); then
+        said="$(docker exec "$registry_id" rollcall-registry resize "$ROLLCALL_CLUSTER" --expect "$ROLLCALL_EXPECT" \
+            --generation "$generation" --reason "start.sh --nodes $ROLLCALL_NODES" 2>&1)" ||
+            die "the registry refused the resize: $said"
+        note "$said"
+    fi
+    if ((count > ROLLCALL_NODES)); then
+        # The newest containers go, as a Compose scale-down would choose them.
+        local leaving
+        leaving="$(docker ps --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+            --filter label=com.docker.compose.service=raft \
+            --format '{{.Label "com.docker.compose.container-number"}} {{.ID}}' |
+            sort -n | tail -n $((count - ROLLCALL_NODES)) | awk '{ print $2 }')"
+        [[ $(wc -w <<<"$leaving") -eq $((count - ROLLCALL_NODES)) ]] ||
+            die "cannot tell which $((count - ROLLCALL_NODES)) raft containers to remove (found: ${leaving:-none})"
+        for id in $leaving; do
+            run_logged "node ${id:0:12} leaves the raft" "leave-${id:0:12}.log" docker exec "$id" rollcall-sidecar leave
+            # The sidecar stops its agent and exits once it has left; then the container goes.
+            docker wait "$id" >/dev/null 2>&1 || true
+            docker rm -f -v "$id" >/dev/null
+        done
+    fi
+    up_flags+=(--no-recreate)
+}
+
 published_port() {
     compose port --index=1 raft "$1" 2>/dev/null | sed 's/.*://'
 }
 
 running_engine() {
     local id
-    id="$(compose ps -q raft 2>/dev/null | head -n 1)"
+    id="$("${node_of:-first_node}")"
     [[ -n $id ]] || return 0
     docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$id" | sed -n 's/^ROLLCALL_ENGINE=//p'
 }
@@ -353,11 +441,8 @@ open_browser() {
 # ---------------------------------------------------------------------------------------
 # Commands
 
-command_up() {
-    local started=$SECONDS
-    require_docker
-
-    # Engine: --engine, else ROLLCALL_ENGINE, else Consul when its image can be had.
+# Engine: --engine, else ROLLCALL_ENGINE, else Consul when its image can be had.
+choose_engine() {
     if [[ -z ${ROLLCALL_ENGINE:-} ]]; then
         if can_get_image "$consul_image"; then
             ROLLCALL_ENGINE=consul
@@ -372,26 +457,38 @@ command_up() {
         *) die "unknown engine '$ROLLCALL_ENGINE' (consul or etcd)" ;;
     esac
     export ROLLCALL_ENGINE
-    export ROLLCALL_NODES="${ROLLCALL_NODES:-3}"
-    [[ $ROLLCALL_NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive number"
+}
 
-    step "building (engine: $ROLLCALL_ENGINE, compose: ${compose_cmd[*]}, project: $COMPOSE_PROJECT_NAME)"
-    build_binaries
-    # Up to the most servers a claim may ask for become servers; the registry just built
-    # says how many that is (`rollcall-registry defaults`).
-    local max_expect want_servers
+# Sets want_servers and ROLLCALL_EXPECT: up to the most servers a claim may ask for become
+# servers; the registry just built says how many that is (`rollcall-registry defaults`).
+compute_servers() {
+    local max_expect
     max_expect="$(env -i "$repo_dir/docker/bin/rollcall-registry" defaults MAX_EXPECT)" ||
         die "docker/bin/rollcall-registry cannot run on this machine"
     want_servers=$((ROLLCALL_NODES < max_expect ? ROLLCALL_NODES : max_expect))
     export ROLLCALL_EXPECT="${ROLLCALL_EXPECT:-$want_servers}"
     want_servers=$((ROLLCALL_EXPECT < ROLLCALL_NODES ? ROLLCALL_EXPECT : ROLLCALL_NODES))
+}
+
+command_up() {
+    local started=$SECONDS
+    require_docker
+
+    choose_engine
+    export ROLLCALL_NODES="${ROLLCALL_NODES:-3}"
+    [[ $ROLLCALL_NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive number"
+
+    step "building (engine: $ROLLCALL_ENGINE, compose: ${compose_cmd[*]}, project: $COMPOSE_PROJECT_NAME)"
+    build_binaries
+    compute_servers
     ensure_base_image
     build_images
 
-    reset_if_replacing
+    up_flags=()
+    reconcile_running_raft
 
     step "starting the registry and $ROLLCALL_NODES $ROLLCALL_ENGINE nodes"
-    run_logged "compose up" up.log compose up -d --no-build --remove-orphans --scale raft="$ROLLCALL_NODES"
+    run_logged "compose up" up.log compose up -d --no-build --remove-orphans "${up_flags[@]}" --scale raft="$ROLLCALL_NODES"
 
     step "waiting for a healthy raft ($want_servers servers, one leader) as the registry sees it"
     wait_until_healthy "$ROLLCALL_NODES" "$want_servers" "${timeout:-180}"
@@ -402,12 +499,15 @@ command_up() {
 
 command_status() {
     require_docker
+    running_ha && ha=yes
     [[ -x $repo_dir/docker/bin/rollcall-sidecar ]] || die "docker/bin/rollcall-sidecar is missing: 'bash start.sh' builds it"
     print_state
 }
 
 command_down() {
     require_docker
+    # With the --ha file too, so that the registry's etcd and its volumes go as well.
+    ha=yes
     step "removing project $COMPOSE_PROJECT_NAME (containers, network, volumes)"
     # The engine only names the raft image; any value lets Compose find the containers.
     ROLLCALL_ENGINE="${ROLLCALL_ENGINE:-etcd}" compose down -v --remove-orphans --timeout 20
@@ -425,10 +525,20 @@ while (($#)); do
         --timeout) timeout="${2:?--timeout needs seconds}"; shift ;;
         --timeout=*) timeout="${1#*=}" ;;
         --no-browser) open_browser=no ;;
+        --swarm) swarm=yes ;;
+        --ha) ha=yes ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; exit 64 ;;
     esac
     shift
 done
 
+if [[ ${swarm:-no} == yes ]]; then
+    # shellcheck source=scripts/swarm.sh
+    source "$repo_dir/scripts/swarm.sh"
+    node_of=swarm_first_node port_of=swarm_published_port swarm_flag=" --swarm"
+    case "$action" in
+        up | down) action="${action}_swarm" ;;
+    esac
+fi
 "command_$action"

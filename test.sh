@@ -22,6 +22,9 @@ fi
 # etcd-server's package starts a system etcd on the default ports; the tests use their own.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop etcd >/dev/null 2>&1 || true; fi
 
+# Disk is the resource a failure most often turns out to be short of; the log says how much there was.
+say "disk free here: $(df -h --output=avail . | tail -1 | tr -d ' '), in /tmp: $(df -h --output=avail /tmp | tail -1 | tr -d ' ')"
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -43,6 +46,9 @@ bash tests/api/schemathesis.sh
 
 say "benchmark smoke run (so the benchmark cannot rot; figures are not checked)"
 bash bench/run.sh --smoke
+
+say "soak, short form (abusive clients against the registry: no panic, no undocumented 5xx, RSS capped)"
+bash bench/soak.sh --short
 
 if [ "${1:-}" = "--quick" ]; then
   say "--quick: Docker end-to-end tests not run"

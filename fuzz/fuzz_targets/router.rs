@@ -86,6 +86,8 @@ fn harness() -> &'static Harness {
                 // Blocking reads (`?index=N`) are fuzzed too, cut to a few milliseconds.
                 max_watch_wait: Duration::from_millis(5),
                 lists: Default::default(),
+                dashboard: Default::default(),
+                watchers: rollcall_registry::watchers::Watchers::new(64),
             };
             router(
                 state,

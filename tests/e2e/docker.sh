@@ -25,8 +25,16 @@
 #      once unpaused, the registry says it was frozen and the node joins the same raft
 #  10. every raft container paused for 2 x TTL while a new node starts: no second raft (one
 #      etcd cluster ID everywhere); unpaused, the raft is whole and listed again
-#  11. `bash start.sh --nodes 5` over the running three-node raft resets the cluster and
-#      replaces the raft (a new generation, five servers)
+#  11. `bash start.sh --nodes 5` over the running raft (three voters, two agents) resizes it:
+#      the agents become voters, same generation, same etcd cluster, data kept
+#  12. `bash start.sh --nodes 3` shrinks it: two nodes leave the raft (etcd lists three
+#      members); one more killed, the raft keeps its quorum and serves writes
+#  13. a raft container removed with its volume and replaced by a new one at another
+#      address: the dead member is cleaned up, etcd lists exactly the three live members
+#  14. `docker stop` of every raft container, then `docker start`: the same members
+#  15. tests/e2e/swarm.sh with the same images: the same raft on a single-node swarm
+#  16. tests/e2e/ha.sh with the same images: start.sh --ha, the active registry replica
+#      stopped while a new node starts, and started again as a standby
 #
 # Settings: ROLLCALL_E2E_ENGINE (etcd), ROLLCALL_E2E_SLACK (seconds of scheduling slack
 # allowed on top of the interval and TTL bounds, default 2), ROLLCALL_E2E_KEEP=1 to leave
@@ -79,6 +87,10 @@ export ROLLCALL_EXPECT=3
 export ROLLCALL_CLUSTER=default
 # The registry runs with its own defaults for the TTL and the interval; the bounds below
 # are read from the binary once start.sh has built it.
+# Dead members are cleaned up after 30 s here (the default is 5 minutes): long enough that
+# step 6's node, cut off for about a TTL, is never removed.
+export ROLLCALL_DEAD_MEMBER_AFTER=30s
+dead_member_after_s=30
 unset ROLLCALL_TOKEN ROLLCALL_COMPOSE ROLLCALL_TTL ROLLCALL_INTERVAL ROLLCALL_STARTUP_GRACE ROLLCALL_QUIET_PERIOD
 
 port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -132,57 +144,8 @@ trap 'exit 130' INT TERM
 
 # --- Reading the registry ------------------------------------------------------------------
 
-# node <TAB> address <TAB> role <TAB> in_raft <TAB> is_leader <TAB> leader, per live member:
-# `rollcall-sidecar members --format tsv`, the binary start.sh built for the images in step 1,
-# with an empty environment so that none of this run's ROLLCALL_* settings changes the read.
-# Nothing when the registry does not answer.
-members_tsv() {
-    env -i "$repo_dir/docker/bin/rollcall-sidecar" --registry "$registry" --cluster default \
-        --request-timeout 3s members --format tsv 2>/dev/null || true
-}
-member_count() { members_tsv | grep -c . || true; }
-server_count() { members_tsv | awk -F'\t' '$3 == "server"' | grep -c . || true; }
-is_listed() { members_tsv | awk -F'\t' -v n="$1" '$1 == n { found = 1 } END { exit !found }'; }
-address_of() { members_tsv | awk -F'\t' -v n="$1" '$1 == n { print $2 }'; }
-
-# Polls a condition (a shell command) every 0.25s until it holds or `timeout` seconds pass;
-# prints the seconds it took (to the hundredth).
-wait_for() {
-    local timeout="$1"
-    shift
-    local start end
-    start=$(date +%s.%N)
-    while true; do
-        if "$@"; then
-            end=$(date +%s.%N)
-            awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f", e - s }'
-            return 0
-        fi
-        end=$(date +%s.%N)
-        if awk -v s="$start" -v e="$end" -v t="$timeout" 'BEGIN { exit !(e - s > t) }'; then
-            return 1
-        fi
-        sleep 0.25
-    done
-}
-
-# Every node listed, the servers wanted, all of them in the raft, one of them leading, and
-# all of them naming the same leader.
-healthy_raft() { # members servers
-    local tsv
-    tsv="$(members_tsv)"
-    awk -F'\t' -v want_members="$1" -v want_servers="$2" '
-        { members++ }
-        $3 == "server" { servers++; if ($4 == "false") outside++; if ($5 == "true") leading++; named[$6] = 1 }
-        END {
-            for (name in named) distinct++
-            exit !(members == want_members && servers == want_servers && outside == 0 && leading == 1 && distinct == 1 && !("" in named))
-        }' <<<"$tsv"
-}
-registry_answers() { curl -fsS --max-time 2 "$registry/health" >/dev/null 2>&1; }
-all_listed() { local n; for n in "$@"; do is_listed "$n" || return 1; done; }
-not_listed() { ! is_listed "$1"; }
-no_members() { [[ $(member_count) -eq 0 ]]; }
+# shellcheck source=tests/e2e/registry-view.sh
+source "$repo_dir/tests/e2e/registry-view.sh"
 
 # --- Talking to etcd ----------------------------------------------------------------------
 
@@ -199,6 +162,13 @@ etcdctl_on() {
 put_via() { etcdctl_on "$1" put "$2" "$3" >/dev/null; }
 get_via() { etcdctl_on "$1" get "$2" --print-value-only; }
 etcd_member_count() { etcdctl_on "$1" member list | grep -c started || true; }
+etcd_members_total() { etcdctl_on "$1" member list | grep -c . || true; }
+# Exactly three members, all started, one of them the replacement (its name is its short id).
+raft_replaced() {
+    local list
+    list="$(etcdctl_on "$1" member list 2>/dev/null)" || return 1
+    [[ $(grep -c . <<<"$list") -eq 3 && $(grep -c started <<<"$list") -eq 3 ]] && grep -q "$(short "$1")" <<<"$list"
+}
 # The etcd cluster ID a node serves (etcdctl's line-per-field output, not JSON).
 cluster_id_of() { etcdctl_on "$1" endpoint status -w fields | awk -F' : ' '/"ClusterID"/ { print $2; exit }'; }
 registry_generation() { docker exec "$(compose ps -q bootstrap)" rollcall-registry generation default; }
@@ -424,23 +394,93 @@ done
 pass "raft paused $((2 * ttl_s))s: the new node waited and said why, no second raft (one cluster ID on all 5), the raft listed again ${back}s after the unpause"
 record "the raft listed again after every raft container was paused for 2 x TTL" "${back}s"
 
-# 11. start.sh with another size replaces the raft openly. ----------------------------------
-say "11. bash start.sh --nodes 5 over the running raft"
+# 11. start.sh --nodes 5 resizes the running raft: the agents become voters. ---------------
+say "11. bash start.sh --nodes 5 over the running raft (3 voters, 2 agents): resized, same raft"
 generation_before="$(registry_generation)" || fail "cannot read the cluster's generation"
 started=$SECONDS
 # Without this run's ROLLCALL_EXPECT=3: start.sh sizes the raft from --nodes, as a user's would.
 env -u ROLLCALL_EXPECT bash start.sh --engine "$engine" --nodes 5 --no-browser --timeout 240 >"$repo_dir/target/e2e-start-4.log" 2>&1 ||
-    { tail -n 40 "$repo_dir/target/e2e-start-4.log"; fail "start.sh --nodes 5 did not bring up a healthy raft"; }
-grep -q "resetting cluster default (generation $generation_before)" "$repo_dir/target/e2e-start-4.log" ||
-    fail "start.sh --nodes 5 did not say that it reset the cluster"
+    { tail -n 40 "$repo_dir/target/e2e-start-4.log"; fail "start.sh --nodes 5 did not bring up a healthy five-voter raft"; }
+grep -q "resizing the running raft" "$repo_dir/target/e2e-start-4.log" || fail "start.sh --nodes 5 did not say that it resized the raft"
 healthy_raft 5 5 || fail "after start.sh --nodes 5 the registry does not list 5 servers with one leader"
-generation_after="$(registry_generation)"
-((generation_after == generation_before + 1)) || fail "generation $generation_before -> $generation_after, expected one more"
+[[ $(registry_generation) == "$generation_before" ]] || fail "start.sh --nodes 5 changed the generation: the raft was replaced, not resized"
 mapfile -t nodes < <(raft_ids)
-[[ $(etcd_member_count "${nodes[0]}") -eq 5 ]] || fail "the new raft has $(etcd_member_count "${nodes[0]}") voting members, expected 5"
-[[ $(cluster_id_of "${nodes[0]}") != "$first_cluster_id" ]] || fail "the replaced raft kept its etcd cluster ID"
-pass "start.sh --nodes 5 reset generation $generation_before and formed generation $generation_after with 5 voters in $((SECONDS - started))s"
-record "start.sh --nodes 5 over a running 3-node raft (reset and replace)" "$((SECONDS - started))s"
+[[ ${#nodes[@]} -eq 5 ]] || fail "expected 5 raft containers, found ${#nodes[@]}"
+[[ $(etcd_member_count "${nodes[0]}") -eq 5 ]] || fail "etcd lists $(etcd_member_count "${nodes[0]}") started members, expected 5"
+for id in "${nodes[@]}"; do
+    [[ $(cluster_id_of "$id") == "$first_cluster_id" ]] || fail "node $(short "$id") serves another etcd cluster after the resize"
+    [[ $(get_via "$id" rollcall/e2e/second-life) == yes ]] || fail "node $(short "$id") lost the raft's data in the resize"
+done
+pass "start.sh --nodes 5 resized the raft to 5 voters in $((SECONDS - started))s: same generation, same etcd cluster, data kept"
+record "start.sh --nodes 5 over 3 voters and 2 agents (resize; the agents become voters)" "$((SECONDS - started))s"
+
+# 12. start.sh --nodes 3 shrinks it: two nodes leave the raft for good. --------------------
+say "12. bash start.sh --nodes 3: two nodes leave the raft, then one more is killed"
+started=$SECONDS
+env -u ROLLCALL_EXPECT bash start.sh --engine "$engine" --nodes 3 --no-browser --timeout 240 >"$repo_dir/target/e2e-start-5.log" 2>&1 ||
+    { tail -n 40 "$repo_dir/target/e2e-start-5.log"; fail "start.sh --nodes 3 did not bring up a healthy three-voter raft"; }
+healthy_raft 3 3 || fail "after start.sh --nodes 3 the registry does not list 3 servers with one leader"
+mapfile -t nodes < <(raft_ids)
+[[ ${#nodes[@]} -eq 3 ]] || fail "expected 3 raft containers after the shrink, found ${#nodes[@]}"
+[[ $(etcd_members_total "${nodes[0]}") -eq 3 ]] || fail "etcd lists $(etcd_members_total "${nodes[0]}") members after the shrink, expected 3"
+pass "start.sh --nodes 3 shrank the raft to 3 members in $((SECONDS - started))s (the two that left are gone from etcd's member list)"
+record "start.sh --nodes 3 over 5 voters (resize, two nodes leave the raft)" "$((SECONDS - started))s"
+leader_node="$(members_tsv | awk -F'\t' '$5 == "true" { print $1 }')"
+killed=""
+for id in "${nodes[@]}"; do [[ $(short "$id") == "$leader_node" ]] || { killed="$id"; break; }; done
+docker kill "$killed" >/dev/null
+survivor=""
+for id in "${nodes[@]}"; do [[ $id == "$killed" ]] || survivor="$id"; done
+put_via "$survivor" rollcall/e2e/after-shrink yes || fail "with one of three killed after the shrink, the raft does not take writes"
+[[ $(get_via "$survivor" rollcall/e2e/after-shrink) == yes ]] || fail "with one of three killed after the shrink, a write is not read back"
+pass "one more member killed after the shrink: the raft keeps its quorum (2 of 3) and serves writes"
+docker start "$killed" >/dev/null
+wait_for 90 healthy_raft 3 3 >/dev/null || fail "the killed node did not come back into the raft within 90s"
+
+# 13. A node replaced by a new container, with a new volume, at another address. -----------
+say "13. remove a raft container with its volume, start a new one at another address"
+leader_node="$(members_tsv | awk -F'\t' '$5 == "true" { print $1 }')"
+victim=""
+for id in "${nodes[@]}"; do [[ $(short "$id") == "$leader_node" ]] || { victim="$id"; break; }; done
+ip_before="$(container_ip "$victim")"
+network="$(docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}' "$victim")"
+started=$SECONDS
+docker rm -f -v "$victim" >/dev/null
+# Docker hands out the lowest free address, which is the removed node's: a placeholder on the
+# project network takes it first, so that the replacement comes up at another address, as
+# it may on any host (the placeholder carries the project's label: the cleanup removes it).
+placeholder="$(docker run -d --network "$network" --label "com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+    --entrypoint sleep "$ROLLCALL_IMAGE_PREFIX/registry:$ROLLCALL_IMAGE_TAG" 600)" || fail "cannot start the address placeholder"
+compose up -d --no-deps --no-recreate --scale raft=3 raft >/dev/null 2>&1 || fail "compose could not start a replacement"
+mapfile -t now_nodes < <(raft_ids)
+replacement=""
+for id in "${now_nodes[@]}"; do [[ " ${nodes[*]} " == *" $id "* ]] || replacement="$id"; done
+[[ -n $replacement ]] || fail "no replacement container"
+has_ip() { [[ -n $(container_ip "$1") ]]; }
+wait_for 30 has_ip "$replacement" >/dev/null ||
+    fail "the replacement $(short "$replacement") has no address after 30s: $(docker inspect -f '{{.State.Status}} {{json .NetworkSettings.Networks}}' "$replacement")"
+ip_after="$(container_ip "$replacement")"
+[[ $ip_after != "$ip_before" ]] || fail "the replacement has the address $ip_after, the same as the removed node's: this step needs another one"
+replaced_in="$(wait_for $((dead_member_after_s + 120)) raft_replaced "$replacement")" ||
+    fail "etcd did not return to three started members with the replacement within $((dead_member_after_s + 120))s: $(etcdctl_on "${nodes[0]}" member list 2>&1 | tr '\n' ';')"
+wait_for 30 healthy_raft 3 3 >/dev/null || fail "after the replacement the registry does not list 3 servers with one leader"
+[[ $(get_via "$replacement" rollcall/e2e/second-life) == yes ]] || fail "the replacement does not read the raft's data"
+docker rm -f -v "$placeholder" >/dev/null
+pass "replacement at $ip_after (was $ip_before): etcd lists exactly the 3 live members ${replaced_in}s after the new container started (cleanup threshold ${dead_member_after_s}s)"
+record "a node removed with its volume, replaced at another address: 3 live members in etcd again" "$((SECONDS - started))s"
+
+# 14. docker stop of every raft container, then docker start: every member stays. ----------
+say "14. docker stop every raft container, then docker start them"
+mapfile -t nodes < <(raft_ids)
+ids_before="$(etcdctl_on "${nodes[0]}" member list | cut -d, -f1 | sort | tr '\n' ' ')"
+docker stop -t 20 "${nodes[@]}" >/dev/null
+docker start "${nodes[@]}" >/dev/null
+restarted="$(wait_for 120 healthy_raft 3 3)" || fail "the raft is not healthy within 120s of docker start"
+ids_after="$(etcdctl_on "${nodes[0]}" member list | cut -d, -f1 | sort | tr '\n' ' ')"
+[[ $ids_after == "$ids_before" ]] || fail "etcd's members changed across docker stop/start: $ids_before -> $ids_after"
+[[ $(get_via "${nodes[1]}" rollcall/e2e/second-life) == yes ]] || fail "the raft lost its data across docker stop/start"
+pass "stopped and started every raft container: the same 3 members, healthy ${restarted}s after docker start"
+record "docker stop of every raft container, then docker start: healthy again" "${restarted}s"
 
 {
     printf '# tests/e2e/docker.sh, %s, %s, engine %s, %s CPUs\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "${compose_cmd[*]}" "$engine" "$(nproc)"
@@ -449,3 +489,12 @@ record "start.sh --nodes 5 over a running 3-node raft (reset and replace)" "$((S
 rm -f "$results_file.tmp"
 say "all passed; timings:"
 column -t -s $'\t' "$results_file" 2>/dev/null || cat "$results_file"
+
+# The Swarm deployment, with these images (one build for both); it removes what it made.
+say "the Compose project stops; tests/e2e/swarm.sh runs with the same images"
+compose down -v --timeout 20 >/dev/null 2>&1 || true
+ROLLCALL_E2E_SHARED_IMAGES=1 ROLLCALL_SKIP_CARGO=1 bash tests/e2e/swarm.sh || fail "tests/e2e/swarm.sh failed"
+
+# The registry as replicas on etcd (start.sh --ha), with these images too.
+say "tests/e2e/ha.sh runs with the same images"
+ROLLCALL_E2E_SHARED_IMAGES=1 ROLLCALL_SKIP_CARGO=1 bash tests/e2e/ha.sh || fail "tests/e2e/ha.sh failed"

@@ -9,5 +9,6 @@
 pub mod load;
 pub mod report;
 pub mod server;
+pub mod soak;
 pub mod suite;
 pub mod systems;

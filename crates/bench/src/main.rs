@@ -30,6 +30,34 @@ enum Command {
     Report(OutputArgs),
     /// One workload against a server that is already running (for profiling it).
     Load(LoadArgs),
+    /// The registry binary under heartbeats while abusive clients come and go (issue 14).
+    Soak(SoakArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    #[arg(long)]
+    registry_bin: PathBuf,
+    /// Scratch directory for the registry's data and log.
+    #[arg(long)]
+    work_dir: PathBuf,
+    /// The registry's pid is written here, for the caller's cleanup trap.
+    #[arg(long)]
+    pid_dir: PathBuf,
+    /// The short form `bash test.sh` runs: phases (alone, dashboard readers, abuse) of 8 s,
+    /// 8 s and 20 s, 2,000 dashboard members, a 256 MiB RSS cap. Without it: 2, 2 and 6
+    /// minutes, 10,000 members, no cap.
+    #[arg(long)]
+    short: bool,
+    /// Heartbeats a second, all members together.
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Writes the report (Markdown) here too.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// A flag for the registry (repeatable), after the soak's own.
+    #[arg(long = "registry-arg", allow_hyphen_values = true)]
+    registry_args: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,7 +126,7 @@ struct SuiteArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "registry,redis,etcd,ceiling"
+        default_value = "registry,replicated,redis,etcd,ceiling"
     )]
     systems: Vec<System>,
     /// Tiny populations and short phases, to check that the benchmark works.
@@ -153,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             writeln!(std::io::stdout(), "{line}")?;
             Ok(())
         }
+        Command::Soak(args) => soak(args),
         Command::Suite(args) => {
             let args = *args;
             let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -215,6 +244,70 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The registry's flags in the soak: bounds small enough that the abuse reaches them.
+const SOAK_REGISTRY_ARGS: &[&str] = &[
+    "--ttl",
+    "10m",
+    "--interval",
+    "3m",
+    "--max-connections",
+    "256",
+    "--max-clusters",
+    "200",
+    "--max-members-per-cluster",
+    "20000",
+    "--max-watchers",
+    "64",
+    "--max-streams-per-connection",
+    "50",
+    "--idle-timeout",
+    "5s",
+    "--max-members",
+    "50000",
+    "--max-metadata-bytes",
+    "33554432",
+];
+
+fn soak(args: SoakArgs) -> anyhow::Result<()> {
+    use rollcall_bench::soak;
+    let (short, s) = (args.short, |secs: u64| Duration::from_secs(secs));
+    let mut registry_args: Vec<String> = SOAK_REGISTRY_ARGS.iter().map(|a| a.to_string()).collect();
+    registry_args.extend(args.registry_args);
+    let config = soak::SoakConfig {
+        registry_bin: args.registry_bin,
+        work_dir: args.work_dir,
+        pid_dir: args.pid_dir,
+        baseline: if short { s(8) } else { s(120) },
+        dashboard: if short { s(8) } else { s(120) },
+        abuse: if short { s(20) } else { s(360) },
+        members: 200,
+        rate: args.rate,
+        conns: 8,
+        dashboard_members: if short { 2_000 } else { 10_000 },
+        dashboard_readers: 8,
+        header_read_timeout: s(2),
+        close_grace: s(3),
+        streams_per_connection: 100,
+        rss_cap_mib: short.then_some(256),
+        registry_args,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the client runtime")?;
+    let report = runtime.block_on(soak::run(&config))?;
+    let text = soak::render(&report, &config);
+    std::io::stdout().write_all(text.as_bytes())?;
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if !report.failures.is_empty() {
+        anyhow::bail!("the soak failed: {}", report.failures.join("; "));
+    }
+    Ok(())
 }
 
 fn write_outputs(report: &Report, output: &OutputArgs, _fresh: bool) -> anyhow::Result<()> {

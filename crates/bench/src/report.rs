@@ -115,6 +115,32 @@ pub fn ratios(report: &Report) -> String {
     out
 }
 
+/// The registry on etcd (`replicated`) against etcd itself and the registry on sled: renewals
+/// should stay far above etcd's keepalives (they never touch etcd), registrations be bounded
+/// by etcd's transactions.
+pub fn replicated(report: &Report) -> String {
+    let mut out = String::new();
+    out.push_str("| workload | registry on etcd req/s | ÷ etcd 3.4 | ÷ registry on sled |\n|---|---:|---:|---:|\n");
+    let mut any = false;
+    for workload in workloads(report) {
+        let rep = find(report, System::Replicated, &workload, "closed");
+        let Some(r) = rep else { continue };
+        any = true;
+        let _ = writeln!(
+            out,
+            "| {workload} | {:.0} | {} | {} |",
+            r.throughput,
+            ratio_cell(rep, find(report, System::Etcd, &workload, "closed")),
+            ratio_cell(rep, find(report, System::Registry, &workload, "closed")),
+        );
+    }
+    if any {
+        out
+    } else {
+        String::new()
+    }
+}
+
 /// The restart test and the resources, one table each.
 pub fn restart_and_resources(report: &Report) -> String {
     let mut out = String::new();
@@ -331,6 +357,8 @@ pub fn terminal(report: &Report) -> String {
     out.push('\n');
     out.push_str(&ratios(report));
     out.push('\n');
+    out.push_str(&replicated(report));
+    out.push('\n');
     out.push_str(&restart_and_resources(report));
     out.push('\n');
     out.push_str(&targets_table(report));
@@ -380,6 +408,13 @@ pub fn markdown(report: &Report, analysis: Option<&str>) -> String {
     out.push_str(&table(report));
     out.push_str("\n### Ratios (closed-loop throughput)\n\n");
     out.push_str(&ratios(report));
+    let replicated = replicated(report);
+    if !replicated.is_empty() {
+        out.push_str(
+            "\n### The registry on etcd (`--store etcd`, one replica, a one-member etcd)\n\n",
+        );
+        out.push_str(&replicated);
+    }
     out.push_str("\n### Restart after `kill -9`, idle CPU, memory\n\n");
     out.push_str(&restart_and_resources(report));
     out.push_str("\n### Targets (issue 5)\n\n");

@@ -86,13 +86,22 @@ impl Server {
         if let Some(child) = self.child.as_mut() {
             if let Some(status) = child.try_wait()? {
                 bail!(
-                    "{} exited with {status}; see {}",
+                    "{} exited with {status}; the end of {}:\n{}",
                     self.spec.name,
-                    self.spec.log.display()
+                    self.spec.log.display(),
+                    log_tail(&self.spec.log, 20)
                 );
             }
         }
         Ok(())
+    }
+
+    /// Whether the process has exited (and been reaped).
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => !matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
     }
 
     /// `kill -9` and reap.
@@ -164,6 +173,17 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.kill9();
+    }
+}
+
+/// The last `lines` lines of a server's log, so that a failure in CI says why by itself.
+fn log_tail(log: &Path, lines: usize) -> String {
+    match fs::read_to_string(log) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read it: {e})"),
     }
 }
 

@@ -248,6 +248,8 @@ pub fn log(line: &str) {
 /// A started server and how to reach it.
 struct Running {
     server: Server,
+    /// The etcd a `replicated` registry stores in; stopped with it.
+    _store: Option<Server>,
     system: System,
     addr: std::net::SocketAddr,
     ttl_secs: u64,
@@ -269,6 +271,7 @@ impl Suite {
         system: System,
         group: &str,
         addr: std::net::SocketAddr,
+        store: Option<std::net::SocketAddr>,
     ) -> anyhow::Result<ServerSpec> {
         let c = &self.config;
         let dir = c.work_dir.join(format!("{}-{group}", system_slug(system)));
@@ -286,6 +289,31 @@ impl Suite {
                     addr.to_string(),
                     s("--data-dir"),
                     data.display().to_string(),
+                    s("--ttl"),
+                    format!("{}s", c.ttl_secs),
+                    s("--interval"),
+                    format!("{}s", c.ttl_secs / 3),
+                    s("--max-members-per-cluster"),
+                    s("1000000"),
+                    s("--max-clusters"),
+                    s("100000"),
+                ],
+                Vec::new(),
+            ),
+            System::Replicated => (
+                c.registry_bin.clone(),
+                vec![
+                    s("--listen"),
+                    addr.to_string(),
+                    s("--store"),
+                    s("etcd"),
+                    s("--etcd-endpoints"),
+                    format!(
+                        "http://{}",
+                        store.context("a replicated registry needs its etcd")?
+                    ),
+                    s("--lease-ttl"),
+                    s("2s"),
                     s("--ttl"),
                     format!("{}s", c.ttl_secs),
                     s("--interval"),
@@ -363,19 +391,46 @@ impl Suite {
     }
 
     /// Starts a fresh server for `group` and waits until it answers.
+    ///
+    /// The ports come from [`free_loopback_addr`], free a moment before the server binds them,
+    /// so another process can take one in between. A server that exits before it answers is
+    /// therefore started again on new ports and an empty data directory, at most
+    /// [`START_ATTEMPTS`] times in all, each failure printed with the end of its log.
     async fn start(&mut self, system: System, group: &str) -> anyhow::Result<Running> {
-        let addr = free_loopback_addr()?;
-        let spec = self.spec(system, group, addr)?;
-        self.report.commands.push(spec.command_line());
-        let server = Server::start(spec, &self.config.pid_dir)?;
-        let mut running = Running {
-            server,
-            system,
-            addr,
-            ttl_secs: self.config.ttl_secs,
-        };
-        wait_answering(&mut running, "ready", Duration::from_secs(60), false).await?;
-        Ok(running)
+        let mut attempt = 1;
+        loop {
+            // A replicated registry's etcd first.
+            let store = if system == System::Replicated {
+                Some(Box::pin(self.start(System::Etcd, &format!("{group}-store"))).await?)
+            } else {
+                None
+            };
+            let addr = free_loopback_addr()?;
+            let spec = self.spec(system, group, addr, store.as_ref().map(|s| s.addr))?;
+            let data = spec.log.with_file_name("data");
+            let command = spec.command_line();
+            let server = Server::start(spec, &self.config.pid_dir)?;
+            let mut running = Running {
+                server,
+                _store: store.map(|s| s.server),
+                system,
+                addr,
+                ttl_secs: self.config.ttl_secs,
+            };
+            match wait_answering(&mut running, "ready", Duration::from_secs(60), false).await {
+                Ok(()) => {
+                    self.report.commands.push(command);
+                    return Ok(running);
+                }
+                Err(e) if attempt < START_ATTEMPTS && running.server.has_exited() => {
+                    eprintln!("[bench] start {attempt} of {START_ATTEMPTS} failed: {e:#}");
+                    drop(running);
+                    std::fs::remove_dir_all(&data).ok();
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Closed loop, then fixed rate at a fraction of its throughput (and at `extra_rate` too).
@@ -737,6 +792,9 @@ impl Suite {
     }
 }
 
+/// How many times [`Suite::start`] starts a server that exits before it answers.
+const START_ATTEMPTS: u32 = 3;
+
 /// Polls until the server answers a listing of `cluster` (non-empty when `need_members`).
 async fn wait_answering(
     running: &mut Running,
@@ -769,6 +827,7 @@ async fn wait_answering(
 fn system_slug(system: System) -> &'static str {
     match system {
         System::Registry => "registry",
+        System::Replicated => "replicated",
         System::Etcd => "etcd",
         System::Redis => "redis",
         System::Ceiling => "ceiling",

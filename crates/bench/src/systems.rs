@@ -6,6 +6,10 @@
 //! | renew     | the same `PUT` again        | `lease/keepalive` of the member lease | `SET m:{c}:{n} v EX ttl`                     |
 //! | list      | `GET …/members`             | `kv/range` over the cluster's prefix  | `SMEMBERS c:{c}` then `MGET` of those keys   |
 //!
+//! "rollcall-registry on etcd" (`replicated`) is the registry with `--store etcd`, one replica
+//! on a one-member etcd started beside it: the registry's operations, its durable writes
+//! through etcd's transactions, its renewals in memory.
+//!
 //! Every operation is acknowledged only when the system says it is durable: the registry
 //! flushes new members before answering, etcd commits through its fsynced WAL, and Redis with
 //! `appendfsync always` fsyncs its AOF before it replies.
@@ -29,6 +33,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum System {
     Registry,
+    /// The registry with `--store etcd`: one replica on a one-member etcd of its own.
+    Replicated,
     Etcd,
     Redis,
     Ceiling,
@@ -38,6 +44,7 @@ impl System {
     pub fn label(self) -> &'static str {
         match self {
             System::Registry => "rollcall-registry",
+            System::Replicated => "rollcall-registry on etcd",
             System::Etcd => "etcd 3.4",
             System::Redis => "Redis 7",
             System::Ceiling => "ceiling (bare axum)",
@@ -75,6 +82,7 @@ impl MemberName {
     /// Serialising it costs about what formatting it by hand did, far below one request.
     fn heartbeat_body(&self) -> anyhow::Result<String> {
         let heartbeat = HeartbeatRequest {
+            raft_members: None,
             address: self.address(),
             role: MemberRole::Server,
             status: None,

@@ -56,6 +56,10 @@ pub enum ErrorCode {
     ResetRequired,
     /// The heartbeat or claim reports another raft than the cluster's (409): it is not listed.
     WrongRaft,
+    /// The cluster's raft is lost: no server has been live for `--raft-lost-after` (409). The
+    /// message names the recovery (a survivor restarted with `--force-new-cluster`) and the
+    /// reset that starts the next generation. The claimant waits: the raft may come back.
+    RaftLost,
     /// A reset named another generation than the cluster's current one; nothing changed (409).
     GenerationMismatch,
     /// A reset found live members it was not told to force; nothing changed (409).
@@ -64,6 +68,12 @@ pub enum ErrorCode {
     StorageError,
     /// The request took longer than the registry allows (408).
     Timeout,
+    /// This registry replica is a standby and no active replica can be reached to forward to
+    /// (during a failover, at most about the lease TTL); retry after `Retry-After` (503).
+    NoActiveReplica,
+    /// The registry's etcd has no quorum (or cannot be reached): reads are served from the
+    /// last state, marked stale, and durable writes are refused until etcd is back (503).
+    StoreUnavailable,
     /// Anything else that went wrong inside the registry; the log has the cause (500).
     Internal,
 }
@@ -90,10 +100,13 @@ impl ErrorCode {
             ErrorCode::ExpectConflict => "expect_conflict",
             ErrorCode::ResetRequired => "reset_required",
             ErrorCode::WrongRaft => "wrong_raft",
+            ErrorCode::RaftLost => "raft_lost",
             ErrorCode::GenerationMismatch => "generation_mismatch",
             ErrorCode::MembersLive => "members_live",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::NoActiveReplica => "no_active_replica",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -130,8 +143,11 @@ mod tests {
             ErrorCode::ExpectConflict,
             ErrorCode::ResetRequired,
             ErrorCode::WrongRaft,
+            ErrorCode::RaftLost,
             ErrorCode::GenerationMismatch,
             ErrorCode::MembersLive,
+            ErrorCode::NoActiveReplica,
+            ErrorCode::StoreUnavailable,
             ErrorCode::StorageError,
             ErrorCode::Timeout,
             ErrorCode::Internal,

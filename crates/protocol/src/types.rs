@@ -157,6 +157,12 @@ pub struct HeartbeatRequest {
         deserialize_with = "crate::types::object_only"
     )]
     pub raft: Option<RaftIdentity>,
+    /// The raft's membership as this member sees it (etcd: `member list`), so that the
+    /// registry, the dashboard and the leader's sidecar see members of the raft that are live
+    /// nowhere. Absent: the engine cannot tell, or this member is not in a raft with a leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
+    pub raft_members: Option<Vec<RaftMember>>,
 }
 
 impl HeartbeatRequest {
@@ -169,8 +175,146 @@ impl HeartbeatRequest {
         if let Some(raft) = &self.raft {
             raft.validate()?;
         }
+        if let Some(members) = &self.raft_members {
+            if members.len() > validate::MAX_RAFT_MEMBERS {
+                return Err(ValidationError::new(
+                    crate::ErrorCode::InvalidBody,
+                    format!(
+                        "raft_members lists at most {} members",
+                        validate::MAX_RAFT_MEMBERS
+                    ),
+                ));
+            }
+            for member in members {
+                member.validate()?;
+            }
+        }
         Ok(())
     }
+}
+
+/// One member of the raft as the reporting member lists it (etcd: one entry of
+/// `member list`). `connected` and `disconnected_for_ms` are the leader's evidence for a
+/// dead-member cleanup, and only the leader sets them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RaftMember {
+    /// The agent's own ID for the member (etcd: the member ID, in decimal).
+    #[cfg_attr(feature = "openapi", schema(schema_with = raft_member_id_schema))]
+    pub id: String,
+    /// The member's name: the node name its sidecar gave it; empty for a member that was
+    /// added but never started.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = raft_member_name_schema))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = raft_member_urls_schema))]
+    pub peer_urls: Vec<String>,
+    /// A non-voting learner (etcd), not counted in the quorum.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub learner: bool,
+    /// Set by the leader only: whether it has a peer connection to this member now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected: Option<bool>,
+    /// Set by the leader only: how long it has seen no peer connection to this member, counted
+    /// from when it started watching (it became leader); absent while connected.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::types::integral::option_generation"
+    )]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9007199254740991_i64)
+    )]
+    pub disconnected_for_ms: Option<u64>,
+}
+
+/// A raft member's text field in the OpenAPI document: at most `max` characters, none of the
+/// control or bidirectional characters that [`RaftMember::validate`] refuses.
+#[cfg(feature = "openapi")]
+fn raft_member_text(max: usize, description: &str) -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(validate::NO_CONTROL_PATTERN))
+        .max_length(Some(max))
+        .description(Some(description))
+        .build()
+}
+
+#[cfg(feature = "openapi")]
+fn raft_member_id_schema() -> utoipa::openapi::schema::Object {
+    raft_member_text(
+        64,
+        "The agent's own ID for the member (etcd: the member ID, in decimal).",
+    )
+}
+
+#[cfg(feature = "openapi")]
+fn raft_member_name_schema() -> utoipa::openapi::schema::Object {
+    raft_member_text(
+        validate::MAX_NAME_LEN,
+        "The member's name: the node name its sidecar gave it; empty for a member that was added but never started.",
+    )
+}
+
+#[cfg(feature = "openapi")]
+fn raft_member_urls_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(raft_member_text(
+            validate::MAX_STATUS_STRING_LEN,
+            "a peer URL",
+        ))
+        .max_items(Some(validate::MAX_RAFT_MEMBER_URLS))
+        .build()
+}
+
+impl RaftMember {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        // Characters, not bytes, as the OpenAPI document's maxLength counts them; the refused
+        // characters are those of `NO_CONTROL_PATTERN`.
+        let refused = |c: char| {
+            c.is_control()
+                || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        };
+        let text_ok = |s: &str, max: usize| s.chars().count() <= max && !s.chars().any(refused);
+        let urls_ok = self.peer_urls.len() <= validate::MAX_RAFT_MEMBER_URLS
+            && self
+                .peer_urls
+                .iter()
+                .all(|u| text_ok(u, validate::MAX_STATUS_STRING_LEN));
+        if !text_ok(&self.id, 64)
+            || !text_ok(&self.name, validate::MAX_NAME_LEN)
+            || !urls_ok
+            || self
+                .disconnected_for_ms
+                .is_some_and(|ms| ms > validate::MAX_GENERATION)
+        {
+            return Err(ValidationError::new(
+                crate::ErrorCode::InvalidBody,
+                format!(
+                    "a raft member has an id of at most 64 characters, a name of at most {} characters, at most {} peer URLs of at most {} characters, none with control or bidirectional characters, and disconnected_for_ms at most {}",
+                    validate::MAX_NAME_LEN,
+                    validate::MAX_RAFT_MEMBER_URLS,
+                    validate::MAX_STATUS_STRING_LEN,
+                    validate::MAX_GENERATION
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How long the registry has not seen a member of the raft: its half of the evidence for a
+/// dead-member cleanup (the leader's peer connections are the other).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Absence {
+    pub node: String,
+    /// Time since the registry last saw the node live (a member record or a claim), counted
+    /// at most from the end of the registry's startup grace.
+    pub absent_for_ms: u64,
 }
 
 /// Which raft: the generation of its bootstrap grant and a random nonce the registry drew for
@@ -227,6 +371,20 @@ pub struct HeartbeatResponse {
     pub ttl_ms: u64,
     /// Send the next heartbeat within this interval.
     pub interval_ms: u64,
+    /// Answered to the raft's leader only (a heartbeat whose status says `is_leader` and
+    /// that lists `raft_members`), and only once the registry is past its startup grace: one
+    /// entry for each named raft member that the registry does not list live. A member the
+    /// registry lists live, or that is not here, is not known to be absent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent: Vec<Absence>,
+    /// Answered to an agent: live servers are fewer than the raft's `expect` (it grew, or a
+    /// server is gone). An agent that may be a server claims again to take the slot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub server_slot_open: bool,
+    /// The raft's size as the registry knows it (a resize changes it), for the leader's
+    /// cleanup, which never leaves fewer than a majority of it; absent while it is not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<u32>,
 }
 
 /// One live member, as the registry lists it.
@@ -370,6 +528,30 @@ pub struct HealthResponse {
     pub storage: String,
     pub uptime_ms: u64,
     pub version: String,
+    /// With `--store etcd`: this replica's role and the active one. Absent with sled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaHealth>,
+}
+
+/// A registry replica's role, as `/health` says it (`--store etcd`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReplicaHealth {
+    /// `active`, `standby` (it forwards to the active one), `stale` (etcd cannot be reached:
+    /// reads from the last state, writes refused) or `unknown` (between terms).
+    pub role: String,
+    /// This replica's name (`--replica-name`).
+    pub name: String,
+    /// The active replica's name and URL, as this one last learnt them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_url: Option<String>,
+    /// When this replica last saw the active replica change (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover_unix_ms: Option<u64>,
+    /// How many changes of the active replica this one has seen since it started.
+    pub failovers: u64,
 }
 
 /// A claim as `GET /v1/clusters/{cluster}` shows it.
@@ -414,6 +596,64 @@ pub struct RaftSummary {
     /// The identity's nonce, once known (see [`RaftIdentity`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+    /// The raft is lost: no server of it was live for `--raft-lost-after` (claims are refused
+    /// `409 raft_lost` until a survivor comes back or an operator resets the cluster).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
+    /// How long no server of the raft has been live, while none is (counted at most from the
+    /// registry's start or resumption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_live_server_for_ms: Option<u64>,
+}
+
+/// The raft's membership as its leader last reported it in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RaftView {
+    /// The leader that reported it.
+    pub reporter: String,
+    /// Time since the report.
+    pub age_ms: u64,
+    pub members: Vec<RaftMember>,
+}
+
+/// What changed between two consecutive raft views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RaftChangeKind {
+    /// The member appeared in the raft.
+    Added,
+    /// The member left the raft (it was removed, or it left).
+    Removed,
+    /// The learner became a voter.
+    Promoted,
+}
+
+/// One change of the raft's membership, as the leader's views show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RaftChange {
+    /// When the registry saw the change, in milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    pub kind: RaftChangeKind,
+    /// The member's ID in the raft.
+    pub id: String,
+    /// The member's name (empty for a member that never started).
+    pub name: String,
+    /// The leader whose view showed the change.
+    pub reporter: String,
+}
+
+/// An operator's last resize of the raft (kept in memory: a restart forgets it, never the size).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResizeSummary {
+    pub at_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_expect: Option<u32>,
+    pub expect: u32,
+    pub reason: String,
 }
 
 /// An operator's reset, as the cluster's history keeps it.
@@ -441,6 +681,15 @@ pub struct ClusterDetail {
     pub raft: Option<RaftSummary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reset: Option<ResetSummary>,
+    /// The raft's membership as its leader last reported it (in memory: absent after a restart
+    /// until the leader heartbeats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft_view: Option<RaftView>,
+    /// The last changes between the leader's consecutive views, oldest first (at most 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raft_changes: Vec<RaftChange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resize: Option<ResizeSummary>,
 }
 
 /// `POST /v1/clusters/{cluster}/reset`: forget the cluster's raft so that the next claim may
@@ -498,6 +747,56 @@ pub struct ResetResponse {
     pub next_generation: u64,
     /// The live entries the reset forgot (those named in `force`).
     pub forgot: Vec<String>,
+    pub reason: String,
+}
+
+/// `POST /v1/clusters/{cluster}/resize`: change the known raft's size (`expect`), an
+/// operator's action. Growing lets new nodes, and agents already running, take the new server
+/// slots; shrinking is followed by `rollcall-sidecar leave` on the members to remove. A
+/// compare-and-set on the generation, like a reset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ResizeRequest {
+    /// The new number of voters.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::expect_schema))]
+    #[serde(deserialize_with = "crate::types::integral::u32")]
+    pub expect: u32,
+    /// The cluster's current raft generation (`GET /v1/clusters/{cluster}`: `raft.generation`);
+    /// any other refuses the resize.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 9007199254740991_i64)
+    )]
+    #[serde(deserialize_with = "crate::types::integral::generation")]
+    pub generation: u64,
+    /// Why, for the log and the dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::reason_schema))]
+    pub reason: Option<String>,
+}
+
+impl ResizeRequest {
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate::validate_expect(self.expect)?;
+        validate::validate_generation(self.generation)?;
+        if let Some(reason) = &self.reason {
+            validate::validate_status_text("reason", reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a resize.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResizeResponse {
+    pub cluster: String,
+    pub generation: u64,
+    /// The size before; absent when the raft was relearned without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_expect: Option<u32>,
+    pub expect: u32,
     pub reason: String,
 }
 
@@ -631,8 +930,44 @@ pub(crate) mod integral {
         d.deserialize_option(Opt)
     }
 
+    /// A whole number up to 2^53 - 1, or null (`generation`'s range, for durations in ms).
+    pub fn option_generation<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        struct Opt;
+        impl<'de> Visitor<'de> for Opt {
+            type Value = Option<u64>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("null or a whole number")
+            }
+            fn visit_none<E: Error>(self) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: Error>(self) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+                generation(d).map(Some)
+            }
+        }
+        d.deserialize_option(Opt)
+    }
+
     #[cfg(test)]
     mod tests {
+        #[test]
+        fn a_raft_members_duration_may_be_an_integral_float() {
+            let member = |ms: &str| {
+                serde_json::from_str::<crate::RaftMember>(&format!(
+                    r#"{{"id":"1","disconnected_for_ms":{ms}}}"#
+                ))
+                .map(|m| m.disconnected_for_ms)
+            };
+            assert_eq!(member("1131.0").ok(), Some(Some(1131)));
+            assert_eq!(member("1131").ok(), Some(Some(1131)));
+            assert_eq!(member("null").ok(), Some(None));
+            assert!(member("1.5").is_err());
+            assert!(member("-1").is_err());
+        }
+
         #[derive(serde::Deserialize)]
         struct T {
             #[serde(deserialize_with = "super::u32")]

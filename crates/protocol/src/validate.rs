@@ -28,6 +28,10 @@ pub const MAX_STATUS_STRING_LEN: usize = 259;
 /// The most live members a reset may name in `force` (so that the longest list fits in the
 /// default body limit; a cluster with more live members stops some before a reset).
 pub const MAX_FORCED_NODES: usize = 500;
+/// Most members a heartbeat's `raft_members` may list (voters, learners and dead members).
+pub const MAX_RAFT_MEMBERS: usize = 32;
+/// Most peer URLs one raft member may list.
+pub const MAX_RAFT_MEMBER_URLS: usize = 8;
 /// The largest generation on the wire: JSON numbers are exact up to 2^53 - 1.
 pub const MAX_GENERATION: u64 = 9_007_199_254_740_991;
 

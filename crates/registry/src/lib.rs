@@ -4,7 +4,8 @@
 //! sled with an expiry, serves their join addresses (`GET /members`) and decides who may start
 //! a raft (`POST /v1/clusters/{cluster}/claims`). The modules, from the wire inwards:
 //! [`api`] (HTTP), [`auth`] (tokens), [`membership`] (the state, the write protocol and the claim rules),
-//! [`store`] (sled). [`run`] wires them together with the expiry sweeper and shutdown.
+//! [`store`] (sled), and [`watchers`] (the bound on blocking reads and event streams). [`run`]
+//! wires them together with the expiry sweeper and shutdown.
 
 pub mod api;
 pub mod auth;
@@ -13,9 +14,12 @@ pub mod dashboard;
 pub mod fd_limit;
 pub mod lists;
 pub mod membership;
+pub mod migrate;
+pub mod replica;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod watchers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,7 +32,7 @@ use crate::api::{AppState, HttpLimits};
 use crate::config::Config;
 use crate::membership::Membership;
 use crate::serve::ServeOptions;
-use crate::store::{OpenError, Store};
+use crate::store::{OpenError, SledStore, Store};
 
 /// How often the sweeper looks for expired members. Reads filter by deadline anyway, so this
 /// only bounds how late an expiry is logged and how long a dead entry occupies memory.
@@ -42,12 +46,12 @@ pub fn open_membership(config: &Config) -> anyhow::Result<Arc<Membership>> {
             config.data_dir.display()
         )
     })?;
-    let store = match Store::open_checked(
+    let store = match SledStore::open_checked(
         &config.data_dir,
         config.cache_bytes,
         config.accept_data_loss,
     ) {
-        Ok(store) => store,
+        Ok(store) => Store::new(store),
         // Kept as the error itself, so that `main` finds it and exits with its code.
         Err(OpenError::DataLoss(refused)) => return Err(refused.into()),
         Err(OpenError::Storage(e)) => {
@@ -61,7 +65,8 @@ pub fn open_membership(config: &Config) -> anyhow::Result<Arc<Membership>> {
 }
 
 /// Serves the registry on `listener` until `shutdown` completes, then drains in-flight
-/// requests for at most `config.shutdown_timeout` and flushes storage last.
+/// requests for at most `config.shutdown_timeout` and flushes storage last. With
+/// `--store etcd` the registry is one replica of several ([`replica`]).
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -71,30 +76,91 @@ pub async fn run(
         Some((cert, key)) => Some(serve::load_tls(cert, key)?),
         None => None,
     };
-    let membership = open_membership(&config)?;
     crate::telemetry::prometheus();
-    let stop_streams = tokio_util::sync::CancellationToken::new();
-    let state = AppState {
-        membership: membership.clone(),
-        tokens: Arc::new(config.tokens.clone()),
-        shutdown: stop_streams.clone(),
-        max_watch_wait: config.max_watch_wait,
-        lists: Default::default(),
-    };
-    let app = api::router(
-        state,
-        HttpLimits {
-            max_body_bytes: config.max_body_bytes,
-            request_timeout: config.request_timeout,
-        },
-    )
-    .layer(axum::middleware::from_fn_with_state(
-        membership.store().clone(),
-        refuse_writes_when_storage_is_lost,
-    ));
+    crate::telemetry::register_limits();
     let local = listener
         .local_addr()
         .context("listener has no local address")?;
+    let options = ServeOptions {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_streams_per_connection: config.max_streams_per_connection,
+        drain_timeout: config.shutdown_timeout,
+        tls,
+    };
+    let stop_streams = tokio_util::sync::CancellationToken::new();
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    if let Some(etcd) = config.etcd.clone() {
+        let client = crate::store::etcd::client::EtcdClient::new(&etcd.options)
+            .map_err(anyhow::Error::msg)?;
+        let replica = replica::Replica::new(replica::ReplicaOptions {
+            client,
+            prefix: etcd.prefix.clone(),
+            lease_ttl: etcd.lease_ttl,
+            me: replica::election::Leader {
+                name: etcd.replica_name.clone(),
+                url: etcd.advertise_url.clone(),
+            },
+            max_body_bytes: config.max_body_bytes,
+            forward_timeout: config.max_watch_wait + config.request_timeout,
+        })?;
+        tracing::info!(
+            listen = %local,
+            store = "etcd",
+            etcd = %etcd.options.endpoints.join(","),
+            prefix = %etcd.prefix,
+            replica = %etcd.replica_name,
+            advertise = %etcd.advertise_url,
+            lease_ttl = %humantime::format_duration(etcd.lease_ttl),
+            ttl = %humantime::format_duration(config.timing.ttl),
+            interval = %humantime::format_duration(config.timing.interval),
+            scheme,
+            writes = if config.tokens.is_open() { "open (no token configured)" } else { "need a bearer token" },
+            "rollcall-registry serving as a replica: campaigning to be the active one"
+        );
+        let term_config = config.clone();
+        let term_replica = replica.clone();
+        let term_stop = stop_streams.clone();
+        let builder = replica::TermBuilder {
+            timing: config.timing,
+            limits: config.limits,
+            router: Box::new(move |membership| {
+                term_router(
+                    &term_config,
+                    membership,
+                    Some(term_replica.clone()),
+                    term_stop.clone(),
+                )
+            }),
+        };
+        let stop_terms = tokio_util::sync::CancellationToken::new();
+        let terms = tokio::spawn(replica::run_terms(
+            replica.clone(),
+            builder,
+            stop_terms.clone(),
+        ));
+        let dispatch_replica = replica.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            dispatch_replica.clone().dispatch(request)
+        });
+        serve::serve(listener, app, options, async move {
+            shutdown.await;
+            stop_streams.cancel();
+        })
+        .await;
+        stop_terms.cancel();
+        let _ = terms.await;
+        tracing::info!("bye");
+        return Ok(());
+    }
+
+    let membership = open_membership(&config)?;
+    let app = term_router(&config, membership.clone(), None, stop_streams.clone());
     tracing::info!(
         listen = %local,
         data_dir = %config.data_dir.display(),
@@ -102,7 +168,7 @@ pub async fn run(
         interval = %humantime::format_duration(config.timing.interval),
         startup_grace = %humantime::format_duration(config.timing.startup_grace),
         quiet_period = %humantime::format_duration(config.timing.quiet_period),
-        scheme = if tls.is_some() { "https" } else { "http" },
+        scheme,
         writes = if config.tokens.is_open() { "open (no token configured)" } else { "need a bearer token" },
         "rollcall-registry serving"
     );
@@ -119,12 +185,6 @@ pub async fn run(
         }
     });
 
-    let options = ServeOptions {
-        max_connections: config.max_connections,
-        header_read_timeout: config.header_read_timeout,
-        drain_timeout: config.shutdown_timeout,
-        tls,
-    };
     serve::serve(listener, app, options, async move {
         shutdown.await;
         // Long polls and event streams end now, so that they do not hold the drain open.
@@ -134,10 +194,41 @@ pub async fn run(
     sweeper.abort();
     membership
         .store()
-        .flush_blocking()
+        .close()
+        .await
         .context("final storage flush failed")?;
     tracing::info!("storage flushed; bye");
     Ok(())
+}
+
+/// The routes of one membership (the registry's, or one term's of a replica).
+fn term_router(
+    config: &Config,
+    membership: Arc<Membership>,
+    replica: Option<Arc<replica::Replica>>,
+    stop_streams: tokio_util::sync::CancellationToken,
+) -> axum::Router {
+    let state = AppState {
+        membership: membership.clone(),
+        tokens: Arc::new(config.tokens.clone()),
+        shutdown: stop_streams,
+        max_watch_wait: config.max_watch_wait,
+        lists: Default::default(),
+        dashboard: Default::default(),
+        watchers: watchers::Watchers::new(config.max_watchers),
+        replica,
+    };
+    api::router(
+        state,
+        HttpLimits {
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: config.request_timeout,
+        },
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        membership.store().clone(),
+        refuse_writes_when_storage_is_lost,
+    ))
 }
 
 /// Once storage is lost for good (the data directory removed or replaced under the registry),

@@ -1,7 +1,7 @@
 //! The `rollcall-registry` binary: parse flags, start tracing, serve until a signal. The
 //! subcommands serve scripts, operators and Docker instead: `healthcheck` asks a running
-//! registry, `generation` and `reset` are the operator's reset of a cluster, and
-//! `defaults` prints the settings' defaults.
+//! registry, `generation` and `reset` are the operator's reset of a cluster, `resize` changes
+//! a known raft's size, and `defaults` prints the settings' defaults.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -11,8 +11,8 @@ use rollcall_registry::config::{Cli, Command, LogFormat};
 use rollcall_registry::store::DataLossRefused;
 
 /// Exit codes (BSD sysexits): 0 clean stop, 1 runtime failure, 64 bad configuration, 65 sled
-/// lost acknowledged writes (EX_DATAERR; `--accept-data-loss` starts anyway); `reset` also
-/// exits 65 when the registry refused it.
+/// lost acknowledged writes (EX_DATAERR; `--accept-data-loss` starts anyway); `reset` and
+/// `resize` also exit 65 when the registry refused them.
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
 const EXIT_DATA_LOSS: u8 = 65;
@@ -42,6 +42,22 @@ fn main() -> ExitCode {
             };
             return reset(&url, token, &cluster, &request);
         }
+        Some(Command::Resize {
+            cluster,
+            expect,
+            generation,
+            reason,
+            url,
+            token,
+        }) => {
+            let request = rollcall_protocol::ResizeRequest {
+                expect,
+                generation,
+                reason,
+            };
+            return resize(&url, token, &cluster, &request);
+        }
+        Some(Command::Migrate { data_dir, etcd }) => return migrate(&data_dir, &etcd),
         None => {}
     }
     let config = match cli.serve.validate() {
@@ -85,7 +101,54 @@ fn main() -> ExitCode {
     }
 }
 
-/// A current-thread runtime and a client for the one-request subcommands.
+/// `migrate`: copies a sled data directory into etcd and says what it copied.
+fn migrate(data_dir: &std::path::Path, etcd: &rollcall_registry::config::EtcdArgs) -> ExitCode {
+    let (options, prefix) = match etcd.options(std::time::Duration::from_secs(5)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("rollcall-registry migrate: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rollcall-registry migrate: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(rollcall_registry::migrate::migrate(
+        data_dir, &options, &prefix,
+    )) {
+        Ok(c) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "copied {} member(s), {} claim(s), {} grant(s) and {} history record(s) from {} into etcd under {prefix}; start the registry with --store etcd --etcd-prefix {prefix}",
+                c.members,
+                c.claims,
+                c.grants,
+                c.histories,
+                data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is::<DataLossRefused>() => {
+            eprintln!("rollcall-registry migrate: {e:#}");
+            ExitCode::from(EXIT_DATA_LOSS)
+        }
+        Err(e) => {
+            eprintln!("rollcall-registry migrate: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// A current-thread runtime and a client for the one-request subcommands. `url` may list the
+/// registry's replicas separated by commas: the client fails over between them.
 fn one_request(
     url: &str,
     token: Option<String>,
@@ -159,7 +222,54 @@ fn reset(
     }
 }
 
+/// `rollcall-registry resize`: one request to the registry's resize endpoint. Exits 0 with the
+/// answer as JSON on stdout, 65 when the registry refused it (4xx), 1 when it could not ask.
+fn resize(
+    url: &str,
+    token: Option<String>,
+    cluster: &str,
+    request: &rollcall_protocol::ResizeRequest,
+) -> ExitCode {
+    if let Err(e) = request.validate() {
+        eprintln!("rollcall-registry resize: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Err(e) =
+        rollcall_protocol::validate_name(rollcall_protocol::validate::NameKind::Cluster, cluster)
+    {
+        eprintln!("rollcall-registry resize: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let Some((runtime, client)) = one_request(url, token, "resize") else {
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    match runtime.block_on(client.resize(cluster, request)) {
+        Ok(answer) => {
+            // The answer is this command's output, for scripts; stdout holds nothing else.
+            let json = serde_json::to_string_pretty(&answer).unwrap_or_default();
+            if let Err(e) = writeln!(std::io::stdout().lock(), "{json}") {
+                eprintln!("rollcall-registry resize: done, but cannot print the answer: {e}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_transient() => {
+            eprintln!("rollcall-registry resize: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(e) => {
+            eprintln!("rollcall-registry resize: refused: {e}");
+            ExitCode::from(EXIT_REFUSED)
+        }
+    }
+}
+
 fn healthcheck(url: &str) -> ExitCode {
+    // A healthcheck asks about one registry: given a list, the client would fail over and a
+    // healthy replica would vouch for a dead one.
+    if url.contains(',') {
+        eprintln!("unhealthy: healthcheck asks one registry, not a list: {url}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -201,8 +311,8 @@ fn defaults_command() -> clap::Command {
 }
 
 /// Every setting with a fixed default, by its environment variable, then the protocol's
-/// limit on `expect`. Settings whose default is derived from others (the startup grace and
-/// the quiet period) or that have none (tokens, TLS) are left out.
+/// limit on `expect`. Settings whose default is derived from others (the startup grace, the
+/// quiet period and `--raft-lost-after`) or that have none (tokens, TLS) are left out.
 fn defaults() -> Vec<(String, String)> {
     let mut defaults: Vec<(String, String)> = Cli::command()
         .get_arguments()

@@ -1,11 +1,20 @@
-//! The accept loop: plain TCP or TLS (rustls), a bound on open connections, a deadline for
-//! request headers, and a graceful drain.
+//! The accept loop: plain TCP or TLS (rustls), a bound on open connections with a small
+//! reserve for health checks, and a graceful drain.
 //!
 //! `axum::serve` has none of these knobs, so the registry drives hyper-util itself (as axum's
-//! `low-level-rustls` example does). A connection over the limit is answered with a short
-//! `503` and closed at once, never left waiting in the backlog; a client that sends its headers
-//! too slowly is cut off by hyper's `header_read_timeout`, so slow clients cannot hold the
-//! server.
+//! `low-level-rustls` example does). Each connection is served by `serve/connection.rs` and
+//! closed at its deadlines (`serve/deadline.rs`): no complete request head within
+//! `--header-read-timeout` of the accept (whatever it speaks: nothing, part of an HTTP/2
+//! preface, a TLS handshake and then nothing), or no request in flight for `--idle-timeout`, so
+//! idle clients cannot hold the server. HTTP/2 connections are pinged so that dead peers are
+//! noticed, and carry at most `--max-streams-per-connection` requests at once. A connection
+//! over the limit goes to the health reserve (`serve/reserve.rs`: only `/health` answered), or
+//! beyond it is answered with a short `503` and closed at once, never left waiting in the
+//! backlog.
+
+mod connection;
+mod deadline;
+mod reserve;
 
 use std::future::Future;
 use std::path::Path;
@@ -14,33 +23,32 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
+
+use self::connection::Accepted;
+use self::deadline::{AfterResponse, Deadlines};
+
+/// An HTTP/2 connection whose peer has sent nothing for this long is sent a PING: a peer that died
+/// without a FIN (a host gone, a dropped NAT entry) is noticed even while it holds an event
+/// stream or a blocking read, which the idle timeout leaves alone.
+const HTTP2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A PING unanswered for this long closes the connection (hyper's default).
+const HTTP2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What the accept loop enforces.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_streams_per_connection: u32,
     pub drain_timeout: Duration,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-/// The answer to a connection over the limit. Plain HTTP only: a TLS client is just closed.
-fn over_limit_response() -> Vec<u8> {
-    let body = r#"{"code":"limit_exceeded","message":"the registry has reached its limit of open connections; retry later"}"#;
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 /// Loads a PEM certificate chain and private key into a rustls server config.
@@ -76,13 +84,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let connections = Arc::new(Semaphore::new(options.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    let reserve = Arc::new(Semaphore::new(reserve::HEALTH_RESERVE_CONNECTIONS));
+    // Every connection holds a receiver: `true` asks it to close once its requests are done,
+    // and the drain is over when the last receiver is gone.
+    let (stop_connections, stopping) = watch::channel(false);
+    let builder = connection_builder(&options);
+    let reserve_builder = reserve::builder(builder.clone());
+    let health_only = reserve::health_only(app.clone());
+    let deadlines = Deadlines {
+        header_read_timeout: options.header_read_timeout,
+        after_response: AfterResponse::StayOpen {
+            idle_timeout: options.idle_timeout,
+        },
+    };
     let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
@@ -98,76 +112,66 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            metrics::counter!("rollcall_connections_refused_total").increment(1);
-            tracing::warn!(%peer, limit = options.max_connections, "connection refused: the registry holds its limit of open connections");
-            if tls.is_none() {
-                tokio::spawn(async move {
-                    let mut stream = stream;
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        stream.write_all(&over_limit_response()),
-                    )
-                    .await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-            continue;
-        };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let accepted = Accepted {
+            stream,
+            peer,
+            at: tokio::time::Instant::now(),
+        };
         let tls = tls.clone();
-        let handshake_timeout = options.header_read_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let result =
-                match tls {
-                    None => {
-                        watcher
-                            .watch(
-                                builder
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                    .into_owned(),
-                            )
-                            .await
-                    }
-                    Some(acceptor) => {
-                        let stream =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        watcher
-                            .watch(
-                                builder
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                    .into_owned(),
-                            )
-                            .await
-                    }
-                };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+        let stopping = stopping.clone();
+        if let Ok(permit) = connections.clone().try_acquire_owned() {
+            let (builder, app) = (builder.clone(), app.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                connection::serve(accepted, tls, &builder, app, deadlines, stopping).await;
+            });
+        } else if let Ok(permit) = reserve.clone().try_acquire_owned() {
+            let (builder, health_only) = (reserve_builder.clone(), health_only.clone());
+            let header_read_timeout = options.header_read_timeout;
+            tokio::spawn(async move {
+                let _permit = permit;
+                reserve::serve(
+                    accepted,
+                    tls,
+                    &builder,
+                    health_only,
+                    header_read_timeout,
+                    stopping,
+                )
+                .await;
+            });
+        } else {
+            reserve::refuse(accepted, tls.is_some());
+        }
     }
     drop(listener);
     tracing::info!(timeout = %humantime::format_duration(options.drain_timeout), "shutting down: no new connections; draining in-flight requests");
+    // Fails only when no connection is open, which is what the drain waits for anyway.
+    let _ = stop_connections.send(true);
+    drop(stopping);
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = stop_connections.closed() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(options.drain_timeout) => {
             tracing::warn!("connections still open after the shutdown timeout; closing them");
         }
     }
+}
+
+/// The HTTP/1-or-HTTP/2 builder every connection is served by.
+fn connection_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own HTTP/1 header timeout still cuts a partial head of a later request on a
+    // kept-alive connection; the first head's deadline is the connection's own (deadline.rs).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HTTP2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEP_ALIVE_TIMEOUT)
+        .max_concurrent_streams(options.max_streams_per_connection);
+    builder
 }

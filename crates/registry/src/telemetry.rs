@@ -8,7 +8,12 @@
 //! `storage_flush_batch_size`, and for "one raft per cluster": `claims_total` also counts
 //! `result=reset_required|address_conflict|expect_conflict|wrong_raft`, `wrong_raft_total`
 //! (heartbeats from another raft), `resets_total` (operators' resets), `freezes_total` (times
-//! the registry found it had not run for more than 2 s).
+//! the registry found it had not run for more than 2 s). For a raft that lives:
+//! `claims_total{result=raft_lost}`, `raft_members_removed_total` and `raft_members_added_total`
+//! (changes between consecutive views of a raft, as its leader reports them), `resizes_total`
+//! (operators' resizes). For bounds under abuse: `limit_refusals_total{limit}`, one series per
+//! [`Limit`], counting each time that bound refused or cut off something (all present from
+//! start, at 0).
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -52,6 +57,73 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Every bound the registry enforces, named by the flag that sets it. Each has one series of
+/// `rollcall_limit_refusals_total{limit="<flag without -->"}`; [`limit_refused`] counts one
+/// refusal (a request answered `limit_exceeded`, `body_too_large` or `timeout`, or a
+/// connection refused or closed by the bound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    MaxConnections,
+    HeaderReadTimeout,
+    IdleTimeout,
+    MaxStreamsPerConnection,
+    MaxWatchers,
+    MaxClusters,
+    MaxBootstrappedClusters,
+    MaxMembersPerCluster,
+    MaxMembers,
+    MaxMetadataBytes,
+    MaxBodyBytes,
+    RequestTimeout,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 12] = [
+        Limit::MaxConnections,
+        Limit::HeaderReadTimeout,
+        Limit::IdleTimeout,
+        Limit::MaxStreamsPerConnection,
+        Limit::MaxWatchers,
+        Limit::MaxClusters,
+        Limit::MaxBootstrappedClusters,
+        Limit::MaxMembersPerCluster,
+        Limit::MaxMembers,
+        Limit::MaxMetadataBytes,
+        Limit::MaxBodyBytes,
+        Limit::RequestTimeout,
+    ];
+
+    /// The flag's name without its dashes: the `limit` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::MaxConnections => "max-connections",
+            Limit::HeaderReadTimeout => "header-read-timeout",
+            Limit::IdleTimeout => "idle-timeout",
+            Limit::MaxStreamsPerConnection => "max-streams-per-connection",
+            Limit::MaxWatchers => "max-watchers",
+            Limit::MaxClusters => "max-clusters",
+            Limit::MaxBootstrappedClusters => "max-bootstrapped-clusters",
+            Limit::MaxMembersPerCluster => "max-members-per-cluster",
+            Limit::MaxMembers => "max-members",
+            Limit::MaxMetadataBytes => "max-metadata-bytes",
+            Limit::MaxBodyBytes => "max-body-bytes",
+            Limit::RequestTimeout => "request-timeout",
+        }
+    }
+}
+
+/// Counts one refusal by `limit`.
+pub fn limit_refused(limit: Limit) {
+    metrics::counter!("rollcall_limit_refusals_total", "limit" => limit.as_str()).increment(1);
+}
+
+/// Registers every limit's series at 0, so that `/metrics` lists each bound before it refuses.
+pub fn register_limits() {
+    for limit in Limit::ALL {
+        metrics::counter!("rollcall_limit_refusals_total", "limit" => limit.as_str()).increment(0);
+    }
+}
+
 /// The `/metrics` text: the gauges computed from the membership now, then everything
 /// recorded. `None` when this process has no recorder of ours.
 pub fn render(membership: &Membership) -> Option<String> {
@@ -61,6 +133,11 @@ pub fn render(membership: &Membership) -> Option<String> {
             .set(f64::from(c.live_members));
     }
     Some(handle.render())
+}
+
+/// The metrics without a membership (a standby replica's `/metrics`).
+pub fn render_global() -> Option<String> {
+    prometheus().map(|handle| handle.render())
 }
 
 /// Counts and times every request by its route template (never the raw path, which would let
@@ -97,6 +174,8 @@ fn static_route(route: &str) -> &'static str {
         "/v1/clusters/{cluster}/members",
         "/v1/clusters/{cluster}/members/{node}",
         "/v1/clusters/{cluster}/claims",
+        "/v1/clusters/{cluster}/reset",
+        "/v1/clusters/{cluster}/resize",
         "/v1/events",
     ];
     ROUTES
@@ -131,6 +210,7 @@ fn status_label(status: u16) -> metrics::SharedString {
         403 => "403",
         404 => "404",
         405 => "405",
+        409 => "409",
         408 => "408",
         413 => "413",
         415 => "415",

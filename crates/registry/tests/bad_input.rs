@@ -75,6 +75,7 @@ async fn thirty_bad_inputs_each_get_their_4xx_and_change_nothing() {
         "prod",
         "n1",
         &HeartbeatRequest {
+            raft_members: None,
             address: "10.0.0.1:8300".into(),
             role: MemberRole::Server,
             status: None,
@@ -504,6 +505,7 @@ async fn a_cluster_scoped_token_cannot_write_to_another_cluster() {
     .await;
     after_grace(&reg).await;
     let hb = HeartbeatRequest {
+        raft_members: None,
         address: "10.0.0.1:8300".into(),
         role: MemberRole::Server,
         status: None,

@@ -23,6 +23,7 @@ fn claim(node: &str, expect: u32) -> ClaimRequest {
 
 fn hb(address: &str, role: MemberRole) -> HeartbeatRequest {
     HeartbeatRequest {
+        raft_members: None,
         address: address.into(),
         role,
         status: None,

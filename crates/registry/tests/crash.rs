@@ -52,6 +52,7 @@ struct Tally {
 
 fn hb(address: &str) -> HeartbeatRequest {
     HeartbeatRequest {
+        raft_members: None,
         address: address.into(),
         role: MemberRole::Server,
         status: None,

@@ -13,6 +13,7 @@ use rollcall_protocol::{ClientError, ErrorCode, HeartbeatRequest, MemberRole};
 
 fn hb(address: &str) -> HeartbeatRequest {
     HeartbeatRequest {
+        raft_members: None,
         address: address.into(),
         role: MemberRole::Server,
         status: None,
@@ -50,6 +51,7 @@ async fn members_per_cluster_are_bounded() {
         .await
         .expect_err("over the bound");
     assert_eq!(status_and_code(err), (429, ErrorCode::LimitExceeded));
+    assert_eq!(reg.limit_refusals("max-members-per-cluster").await, 1);
     // Known members still renew, and other clusters are not affected.
     c.heartbeat("full", "n0", &hb("10.0.0.0:1"))
         .await
@@ -82,6 +84,15 @@ async fn clusters_per_registry_are_bounded() {
         .expect_err("third cluster");
     assert_eq!(status_and_code(err), (429, ErrorCode::LimitExceeded));
     assert_eq!(c.clusters().await.expect("clusters").clusters.len(), 2);
+    // A heartbeat makes its cluster's raft known, so these clusters count against
+    // --max-bootstrapped-clusters, which follows --max-clusters unless set (clusters with only
+    // live claims and no raft are counted by --max-clusters: tests/cluster_slots.rs).
+    assert_eq!(reg.limit_refusals("max-bootstrapped-clusters").await, 1);
+    assert_eq!(
+        reg.limit_refusals("max-members").await,
+        0,
+        "every limit is listed"
+    );
 }
 
 #[tokio::test]
@@ -102,13 +113,22 @@ async fn connections_over_the_limit_get_503_and_the_rest_are_served() {
     let _ = extra.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "got {answer:?}");
     assert!(answer.contains("limit_exceeded"), "got {answer:?}");
-    // One slot freed: a request is served again.
+    // One slot freed: a request is served again. Not /health, which the reserve beyond the
+    // limit answers anyway (tests/connections.rs).
     drop(held.pop());
     let ok = common::eventually(Duration::from_secs(5), || async {
-        reg.client().health().await.ok()
+        reg.client().clusters().await.ok()
     })
     .await;
     assert!(ok.is_some(), "a freed slot serves requests again");
+    // Every slot freed before /metrics is read, so that its request finds one at once.
+    held.clear();
+    let refused = common::eventually(Duration::from_secs(5), || async {
+        reg.client().clusters().await.ok()?;
+        Some(reg.limit_refusals("max-connections").await)
+    })
+    .await;
+    assert!(refused.is_some_and(|n| n >= 1), "counted: {refused:?}");
 }
 
 #[tokio::test]
@@ -156,6 +176,7 @@ async fn a_request_whose_body_never_arrives_times_out_with_408() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 408"), "got {answer:?}");
     assert!(answer.contains("\"timeout\""), "got {answer:?}");
+    assert_eq!(reg.limit_refusals("request-timeout").await, 1);
     assert!(
         reg.client()
             .members("t", None)

@@ -10,6 +10,7 @@ use rollcall_protocol::{AgentStatus, HeartbeatRequest, MemberRole};
 
 fn hb(address: &str, role: MemberRole) -> HeartbeatRequest {
     HeartbeatRequest {
+        raft_members: None,
         address: address.into(),
         role,
         status: None,

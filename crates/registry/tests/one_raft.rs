@@ -27,6 +27,7 @@ fn claim(node: &str, expect: u32) -> ClaimRequest {
 
 fn hb(address: &str, raft: Option<RaftIdentity>) -> HeartbeatRequest {
     HeartbeatRequest {
+        raft_members: None,
         address: address.into(),
         role: MemberRole::Server,
         status: None,

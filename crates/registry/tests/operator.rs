@@ -13,6 +13,7 @@ use rollcall_protocol::{
 
 fn hb(address: &str) -> HeartbeatRequest {
     HeartbeatRequest {
+        raft_members: None,
         address: address.into(),
         role: MemberRole::Server,
         status: None,

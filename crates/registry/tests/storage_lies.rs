@@ -28,6 +28,7 @@ const GRANT_ADDRESS: &str = "10.99.0.1:8300";
 
 fn hb(address: &str) -> HeartbeatRequest {
     HeartbeatRequest {
+        raft_members: None,
         address: address.into(),
         role: MemberRole::Server,
         status: None,

@@ -45,7 +45,13 @@ pub async fn heartbeat(settings: Settings, role: MemberRole) -> Result<i32, Exit
     let status = engine.status(role).await;
     let raft = IdentityStore::load(&settings.data_dir, &settings.cluster, false).identity();
     let answer = registry
-        .heartbeat(role, status, engine.meta(), raft)
+        .heartbeat(
+            role,
+            status,
+            engine.raft_members(role).await,
+            engine.meta(),
+            raft,
+        )
         .await
         .map_err(|e| exit_for_registry_error(&e))?;
     info!(
@@ -148,7 +154,7 @@ pub async fn claim(settings: Settings) -> Result<i32, Exit> {
     Ok(EXIT_OK)
 }
 
-fn print_lines<'a>(lines: impl Iterator<Item = &'a str>) -> Result<(), Exit> {
+pub(crate) fn print_lines<'a>(lines: impl Iterator<Item = &'a str>) -> Result<(), Exit> {
     let mut stdout = std::io::stdout().lock();
     for line in lines {
         writeln!(stdout, "{line}")

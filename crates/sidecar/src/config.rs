@@ -9,7 +9,7 @@
 //! home for the configuration that README's table mirrors.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -59,6 +59,17 @@ pub const ETCD_CLIENT_PORT: u16 = 2379;
 pub const ETCD_PEER_PORT: u16 = 2380;
 /// Port registered for the `exec` engine when `--advertise` names none.
 pub const EXEC_DEFAULT_PORT: u16 = 7000;
+/// How long a raft member must be gone, by both the leader's peer connections and the
+/// registry's word, before the leader's sidecar removes it (`--dead-member-after`); a joiner
+/// that waits for such a removal waits this plus `--join-timeout`. Five
+/// minutes: longer than a container restart or a host reboot (a member that is only
+/// restarting must not be removed: it would come back, find itself removed and resync from
+/// scratch), short enough that a three-voter raft tolerates a failure again within minutes;
+/// Kubernetes evicts the pods of an unreachable node after five minutes too.
+pub const DEFAULT_DEAD_MEMBER_AFTER: Duration = Duration::from_secs(300);
+/// The shortest `--dead-member-after` accepted at parse time; once the registry names its
+/// heartbeat interval, the threshold must also be at least twice that.
+pub const MIN_DEAD_MEMBER_AFTER: Duration = Duration::from_secs(1);
 
 /// Runs a raft agent (Consul or etcd) as PID 1: claims a role from the rollcall registry,
 /// starts and joins the agent, heartbeats while it is healthy, and stops it cleanly.
@@ -82,6 +93,20 @@ pub enum Command {
     Members(MembersArgs),
     /// Print the role the registry gives this node, then its join targets.
     Claim,
+    /// Leave the raft for good (etcd; run inside the member's container, with the same
+    /// environment as `run`): remove this member from the raft through a voter, leave the
+    /// registry, and stop the running sidecar, which then exits 0. Refused (exit 77) when
+    /// the remaining voters would have no connected majority.
+    Leave,
+    /// Liveness for an orchestrator's healthcheck: exit 0 while this container's sidecar runs
+    /// and its agent, once started, answers its API at all (a raft without quorum is alive),
+    /// 1 otherwise.
+    Alive,
+    /// Quorum-loss recovery inside a container (etcd): ask for `--force-new-cluster` at the
+    /// next start (a request file in the data directory) and stop the running sidecar, so
+    /// that the container's restart policy starts it again as a one-member raft that keeps
+    /// its data. Stop the other members first.
+    ForceNewCluster,
 }
 
 #[derive(Debug, Args)]
@@ -172,12 +197,23 @@ pub enum LogFormat {
 /// Flags shared by every subcommand.
 #[derive(Debug, Args)]
 pub struct CommonArgs {
-    /// The registry's base URL, for example `http://rollcall:7400`.
+    /// The registry's base URL, for example `http://rollcall:7400`, or the URLs of its
+    /// replicas separated by commas (`http://r1:7400,http://r2:7400`): requests go to one,
+    /// and to the next at once when it does not answer.
     #[arg(long, env = "ROLLCALL_REGISTRY", global = true)]
     pub registry: Option<String>,
     /// Bearer token for the registry.
     #[arg(long, env = "ROLLCALL_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// A file holding the bearer token (a Docker or Kubernetes secret), instead of `--token`;
+    /// one trailing newline is ignored.
+    #[arg(
+        long,
+        env = "ROLLCALL_TOKEN_FILE",
+        global = true,
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
     /// PEM file of the CA certificate(s) that sign an `https://` registry's certificate.
     #[arg(long, env = "ROLLCALL_CA_CERT", global = true)]
     pub ca_cert: Option<PathBuf>,
@@ -191,6 +227,12 @@ pub struct CommonArgs {
     /// engine's: Consul 8301, etcd 2379). Defaults to the hostname's address in /etc/hosts.
     #[arg(long, env = "ROLLCALL_ADVERTISE", global = true)]
     pub advertise: Option<String>,
+    /// Advertise this host's IPv4 address in this subnet (CIDR, e.g. `10.77.0.0/24`), found
+    /// among its interfaces: for a container on several networks (a Swarm task has its
+    /// overlay network and docker_gwbridge), the network the raft talks on. Ignored when
+    /// `--advertise` is given.
+    #[arg(long, env = "ROLLCALL_ADVERTISE_SUBNET", global = true)]
+    pub advertise_subnet: Option<String>,
     /// How many servers the raft wants.
     #[arg(long, env = "ROLLCALL_EXPECT", global = true, default_value_t = DEFAULT_EXPECT)]
     pub expect: u32,
@@ -209,6 +251,11 @@ pub struct CommonArgs {
     /// etcd: the peer port; the peer URL is `http://ADVERTISE_HOST:PORT`.
     #[arg(long, env = "ROLLCALL_ETCD_PEER_PORT", global = true, default_value_t = ETCD_PEER_PORT)]
     pub etcd_peer_port: u16,
+    /// etcd: the host of the advertised peer URL, when it must differ from `--advertise`'s:
+    /// a name that outlives the address (a container's host name), so that the peer URLs the
+    /// raft stores stay valid when every member restarts at a new address.
+    #[arg(long, env = "ROLLCALL_ETCD_PEER_HOST", global = true)]
+    pub etcd_peer_host: Option<String>,
     /// Consul: the agent's HTTP API.
     #[arg(long, env = "ROLLCALL_CONSUL_HTTP", global = true, default_value = DEFAULT_CONSUL_HTTP)]
     pub consul_http: String,
@@ -244,6 +291,14 @@ pub struct CommonArgs {
     /// Consul: the ACL token sent (`X-Consul-Token`) with every call to Consul's API.
     #[arg(long, env = "CONSUL_HTTP_TOKEN", global = true, hide_env_values = true)]
     pub consul_http_token: Option<String>,
+    /// Consul: a file holding the ACL token (a Docker secret), instead of CONSUL_HTTP_TOKEN.
+    #[arg(
+        long,
+        env = "CONSUL_HTTP_TOKEN_FILE",
+        global = true,
+        conflicts_with = "consul_http_token"
+    )]
+    pub consul_http_token_file: Option<PathBuf>,
     /// The user the agent runs as (a name in /etc/passwd, or a numeric uid). The sidecar,
     /// running as root, makes the data directory (and Consul's config directory) that
     /// user's before starting the agent, as the official Consul image's entrypoint does.
@@ -263,6 +318,11 @@ pub struct CommonArgs {
     /// How long a joining node tries its join targets before exiting with 75.
     #[arg(long, env = "ROLLCALL_JOIN_TIMEOUT", global = true, value_parser = humantime::parse_duration, default_value = "120s")]
     pub join_timeout: Duration,
+    /// How long a raft member may be gone (no peer connection from the leader, not live in
+    /// the registry) before the leader's sidecar removes it; a joiner that waits for such a
+    /// removal waits this plus `--join-timeout`.
+    #[arg(long, env = "ROLLCALL_DEAD_MEMBER_AFTER", global = true, value_parser = humantime::parse_duration, default_value = "5m")]
+    pub dead_member_after: Duration,
     /// How long the agent has to exit after SIGTERM before it is killed (default 17s for
     /// Consul, whose client agents take up to 15 s to leave; 10s otherwise).
     #[arg(long, env = "ROLLCALL_STOP_TIMEOUT", global = true, value_parser = humantime::parse_duration)]
@@ -270,6 +330,16 @@ pub struct CommonArgs {
     /// Timeout of one HTTP request to the registry or the agent.
     #[arg(long, env = "ROLLCALL_REQUEST_TIMEOUT", global = true, value_parser = humantime::parse_duration, default_value = "5s")]
     pub request_timeout: Duration,
+    /// etcd: start this survivor of a raft that lost its quorum as a new one-member raft
+    /// that keeps its data (etcd's `--force-new-cluster`); once per data directory. The
+    /// variable takes `1`/`0` as well as `true`/`false`.
+    #[arg(long, env = "ROLLCALL_FORCE_NEW_CLUSTER", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub force_new_cluster: bool,
+    /// etcd: a node granted `bootstrap` starts the new raft from this `etcdctl snapshot save`
+    /// file (the next generation of a lost raft keeps its data); ignored, with a warning, by
+    /// a node granted anything else.
+    #[arg(long, env = "ROLLCALL_RESTORE_SNAPSHOT", global = true)]
+    pub restore_snapshot: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "ROLLCALL_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -283,7 +353,9 @@ pub struct ConfigError(pub String);
 /// The validated configuration shared by every subcommand.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub registry_url: String,
+    /// The registry's URLs (its replicas), each `http://` or `https://`, none twice, in the
+    /// order given; never empty.
+    pub registry_urls: Vec<String>,
     pub token: Option<String>,
     /// Extra CA certificates that verify the registry's TLS certificate.
     pub ca_cert: Option<PathBuf>,
@@ -298,6 +370,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub agent_bin: Option<String>,
     pub etcd_peer_port: u16,
+    pub etcd_peer_host: Option<String>,
     pub consul_http: String,
     pub consul_retry_interval: Duration,
     pub consul_config_dir: PathBuf,
@@ -311,8 +384,14 @@ pub struct Settings {
     pub registry_retry_limit: Duration,
     pub claim_wait_limit: Duration,
     pub join_timeout: Duration,
+    /// `--dead-member-after`: the dead-member cleanup's threshold.
+    pub dead_member_after: Duration,
     pub stop_timeout: Duration,
     pub request_timeout: Duration,
+    /// etcd: `--force-new-cluster` was asked for (one-shot per data directory).
+    pub force_new_cluster: bool,
+    /// etcd: `--restore-snapshot`, checked to be a readable file.
+    pub restore_snapshot: Option<PathBuf>,
     /// Arguments after `--`.
     pub agent_args: Vec<String>,
 }
@@ -331,15 +410,12 @@ impl Settings {
         hostname: Option<String>,
         etc_hosts: Option<&str>,
     ) -> Result<Settings, ConfigError> {
-        let registry_url = common
+        let registry = common
             .registry
-            .clone()
+            .as_deref()
             .ok_or_else(|| ConfigError("--registry (ROLLCALL_REGISTRY) is required".into()))?;
-        if !(registry_url.starts_with("http://") || registry_url.starts_with("https://")) {
-            return Err(ConfigError(format!(
-                "--registry {registry_url:?} must start with http:// or https://"
-            )));
-        }
+        let registry_urls = rollcall_protocol::parse_base_urls(registry)
+            .map_err(|e| ConfigError(format!("--registry (ROLLCALL_REGISTRY): {e}")))?;
         validate_name(NameKind::Cluster, &common.cluster).map_err(|e| ConfigError(e.message))?;
         let node = match &common.node {
             Some(node) => node.clone(),
@@ -370,6 +446,21 @@ impl Settings {
         };
         validate_address(&join_host_port(&advertise_host, advertise_port))
             .map_err(|e| ConfigError(e.message))?;
+        if let Some(snapshot) = &common.restore_snapshot {
+            std::fs::File::open(snapshot).map_err(|e| {
+                ConfigError(format!(
+                    "--restore-snapshot {}: cannot read it: {e}",
+                    snapshot.display()
+                ))
+            })?;
+        }
+        if let Some(host) = &common.etcd_peer_host {
+            if !is_peer_host(host) {
+                return Err(ConfigError(format!(
+                    "--etcd-peer-host {host:?} must be an IP address or a host name (labels of letters, digits and inner hyphens, at most 253 characters)"
+                )));
+            }
+        }
         let stop_timeout = common.stop_timeout.unwrap_or(match common.engine {
             EngineKind::Consul => DEFAULT_CONSUL_STOP_TIMEOUT,
             EngineKind::Etcd | EngineKind::Exec => DEFAULT_STOP_TIMEOUT,
@@ -384,9 +475,18 @@ impl Settings {
                 return Err(ConfigError(format!("{name} must be more than zero")));
             }
         }
+        if common.dead_member_after < MIN_DEAD_MEMBER_AFTER {
+            return Err(ConfigError(format!(
+                "--dead-member-after must be at least {}",
+                humantime::format_duration(MIN_DEAD_MEMBER_AFTER)
+            )));
+        }
         Ok(Settings {
-            registry_url,
-            token: common.token.clone().filter(|t| !t.is_empty()),
+            registry_urls,
+            token: match &common.token_file {
+                Some(path) => Some(read_secret_file("--token-file", path)?),
+                None => common.token.clone().filter(|t| !t.is_empty()),
+            },
             cluster: common.cluster.clone(),
             node,
             advertise_host,
@@ -397,6 +497,7 @@ impl Settings {
             data_dir: common.data_dir.clone(),
             agent_bin: common.agent_bin.clone(),
             etcd_peer_port: common.etcd_peer_port,
+            etcd_peer_host: common.etcd_peer_host.clone(),
             consul_http: common.consul_http.trim_end_matches('/').to_string(),
             consul_retry_interval: common.consul_retry_interval,
             consul_config_dir: common.consul_config_dir.clone(),
@@ -413,14 +514,20 @@ impl Settings {
                 .consul_advertise_interface
                 .clone()
                 .filter(|i| !i.is_empty()),
-            consul_http_token: common.consul_http_token.clone().filter(|t| !t.is_empty()),
+            consul_http_token: match &common.consul_http_token_file {
+                Some(path) => Some(read_secret_file("--consul-http-token-file", path)?),
+                None => common.consul_http_token.clone().filter(|t| !t.is_empty()),
+            },
             agent_user: common.agent_user.clone().filter(|u| !u.is_empty()),
             health_url: common.health_url.clone(),
             registry_retry_limit: common.registry_retry_limit,
             claim_wait_limit: common.claim_wait_limit,
             join_timeout: common.join_timeout,
+            dead_member_after: common.dead_member_after,
             stop_timeout,
             request_timeout: common.request_timeout,
+            force_new_cluster: common.force_new_cluster,
+            restore_snapshot: common.restore_snapshot.clone(),
             agent_args,
             ca_cert: common.ca_cert.clone(),
         })
@@ -469,6 +576,51 @@ fn split_advertise(advertise: &str, default_port: u16) -> Result<(String, u16), 
     Ok((host, port))
 }
 
+/// A secret from a file (a Docker secret): see [`rollcall_protocol::read_secret_file`].
+pub fn read_secret_file(flag: &str, path: &Path) -> Result<String, ConfigError> {
+    rollcall_protocol::read_secret_file(flag, path).map_err(ConfigError)
+}
+
+/// The IPv4 address in `subnet` (CIDR) among `interfaces` (`(name, address)`, as
+/// `getifaddrs` lists them), with the interface's name, for `--advertise-subnet`. None in
+/// it, or several on different interfaces, is an error naming what there is.
+pub fn address_in_subnet(
+    interfaces: &[(String, IpAddr)],
+    subnet: &str,
+) -> Result<(String, IpAddr), ConfigError> {
+    let net: ipnet::IpNet = subnet.trim().parse().map_err(|_| {
+        ConfigError(format!(
+            "--advertise-subnet must be a subnet in CIDR notation such as 10.77.0.0/24, not {subnet:?}"
+        ))
+    })?;
+    let found: Vec<&(String, IpAddr)> = interfaces
+        .iter()
+        .filter(|(_, ip)| net.contains(ip))
+        .collect();
+    match found.as_slice() {
+        [(name, ip)] => Ok((name.clone(), *ip)),
+        [] => {
+            let known: Vec<String> = interfaces
+                .iter()
+                .filter(|(_, ip)| !ip.is_loopback())
+                .map(|(name, ip)| format!("{name} {ip}"))
+                .collect();
+            Err(ConfigError(format!(
+                "--advertise-subnet {net}: no interface has an address in it (addresses: {})",
+                known.join(", ")
+            )))
+        }
+        several => Err(ConfigError(format!(
+            "--advertise-subnet {net}: several addresses are in it ({}); name one with --advertise",
+            several
+                .iter()
+                .map(|(name, ip)| format!("{name} {ip}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 /// The first non-loopback address that /etc/hosts gives `hostname`: Docker writes the
 /// container's address there under its hostname, and reading the file needs no resolver.
 pub fn address_of_host(etc_hosts: &str, hostname: &str) -> Option<IpAddr> {
@@ -488,9 +640,40 @@ pub fn is_ip_literal(host: &str) -> bool {
     host.parse::<IpAddr>().is_ok()
 }
 
+/// A host for etcd's peer URL: an IP address or an RFC 1123 host name. Laxer than the
+/// registry's address rule (whose last label must start with a letter, to tell a name from
+/// an IPv4 address): a container's host name is its short id, which may start with a digit,
+/// and the peer URL never goes to the registry as an address.
+pub fn is_peer_host(host: &str) -> bool {
+    if is_ip_literal(host) {
+        return true;
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_host_may_be_a_containers_short_id() {
+        for host in ["89e55eb8ed58", "etcd-1", "node.example", "10.0.0.2", "::1"] {
+            assert!(is_peer_host(host), "{host}");
+        }
+        for host in ["", "-x", "x-", "a b", "a..b", "a/b", &"x".repeat(64)] {
+            assert!(!is_peer_host(host), "{host}");
+        }
+    }
 
     fn common(args: &[&str]) -> CommonArgs {
         let mut argv = vec!["rollcall-sidecar"];
@@ -553,6 +736,8 @@ mod tests {
         assert_eq!(settings.claim_wait_limit, DEFAULT_CLAIM_WAIT_LIMIT);
         assert_eq!(settings.registry_retry_limit, DEFAULT_REGISTRY_RETRY_LIMIT);
         assert_eq!(settings.join_timeout, DEFAULT_JOIN_TIMEOUT);
+        assert_eq!(settings.dead_member_after, DEFAULT_DEAD_MEMBER_AFTER);
+        assert!(!settings.force_new_cluster);
     }
 
     #[test]
@@ -586,6 +771,7 @@ mod tests {
             vec!["--advertise", "a", "--expect", "0"],
             vec!["--advertise", "a", "--node=-x"],
             vec!["--advertise", "a", "--claim-wait-limit", "0s"],
+            vec!["--advertise", "a", "--dead-member-after", "500ms"],
         ] {
             let mut full = if args.contains(&"--registry") {
                 vec![]
@@ -598,5 +784,95 @@ mod tests {
         }
         let missing_registry = Settings::from_args(&common(&[]), vec![], Some("n".into()), None);
         assert!(missing_registry.is_err());
+    }
+
+    #[test]
+    fn the_registry_may_be_a_list_of_replicas_each_given_once() {
+        let settings = Settings::from_args(
+            &common(&[
+                "--registry",
+                "http://r1:7400, https://r2:7443/",
+                "--advertise",
+                "a",
+            ]),
+            vec![],
+            Some("n1".into()),
+            None,
+        )
+        .expect("settings");
+        assert_eq!(
+            settings.registry_urls,
+            ["http://r1:7400", "https://r2:7443"]
+        );
+        for (list, reason) in [
+            ("http://r1:7400,http://r1:7400/", "same registry URL"),
+            (
+                "http://r1:7400,r2:7400",
+                "must start with http:// or https://",
+            ),
+            ("http://r1:7400,", "empty entry"),
+        ] {
+            let error = Settings::from_args(
+                &common(&["--registry", list, "--advertise", "a"]),
+                vec![],
+                Some("n1".into()),
+                None,
+            )
+            .expect_err(list);
+            assert!(error.0.starts_with("--registry"), "{error}");
+            assert!(error.0.contains(reason), "{list}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_secret_file_loses_one_trailing_newline_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let read = |path: &Path| read_secret_file("--token-file", path);
+        assert_eq!(read(&write("plain", "s3cret")).expect("plain"), "s3cret");
+        assert_eq!(read(&write("lf", "s3cret\n")).expect("lf"), "s3cret");
+        assert_eq!(read(&write("crlf", "s3cret\r\n")).expect("crlf"), "s3cret");
+        for (name, text) in [
+            ("empty", ""),
+            ("blank", "\n"),
+            ("two", "s3cret\n\n"),
+            ("lead", " s3cret"),
+        ] {
+            let error = read(&write(name, text)).expect_err(name);
+            assert!(error.0.starts_with("--token-file: "), "{error}");
+        }
+        let missing = read(&dir.path().join("missing")).expect_err("missing");
+        assert!(missing.0.contains("cannot read"), "{missing}");
+    }
+
+    #[test]
+    fn the_advertise_subnet_picks_the_one_address_in_it() {
+        let interfaces: Vec<(String, IpAddr)> = [
+            ("lo", "127.0.0.1"),
+            ("eth0", "10.213.0.7"),
+            ("eth1", "172.18.0.3"),
+            ("eth0", "fe80::1"),
+        ]
+        .iter()
+        .map(|(n, ip)| (n.to_string(), ip.parse().expect("ip")))
+        .collect();
+        let (name, ip) = address_in_subnet(&interfaces, "10.213.0.0/24").expect("found");
+        assert_eq!(
+            (name.as_str(), ip.to_string().as_str()),
+            ("eth0", "10.213.0.7")
+        );
+        let none = address_in_subnet(&interfaces, "10.99.0.0/16").expect_err("none");
+        assert!(
+            none.0.contains("eth1 172.18.0.3"),
+            "names what there is: {none}"
+        );
+        let bad = address_in_subnet(&interfaces, "10.213.0.0").expect_err("not CIDR");
+        assert!(bad.0.contains("CIDR"), "{bad}");
+        let both = address_in_subnet(&interfaces, "0.0.0.0/0").expect_err("several");
+        assert!(both.0.contains("several"), "{both}");
     }
 }

@@ -26,6 +26,10 @@ pub const EXIT_CLAIM_WAIT_LIMIT: i32 = 75;
 /// next start claims afresh. Not a sysexits code: the next free one after `EX_TEMPFAIL`,
 /// distinct so that an operator sees this happened.
 pub const EXIT_WRONG_RAFT: i32 = 76;
+/// `leave` was refused, and nothing changed: removing this member would leave the remaining
+/// voters without a healthy majority (or it is the last voter), or no voter accepted the
+/// removal. Not a sysexits code: the next free one after [`EXIT_WRONG_RAFT`].
+pub const EXIT_LEAVE_REFUSED: i32 = 77;
 /// The agent binary exists but could not be executed (as a shell reports it).
 pub const EXIT_AGENT_NOT_EXECUTABLE: i32 = 126;
 /// The agent binary was not found (as a shell reports it).

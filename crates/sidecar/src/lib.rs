@@ -5,12 +5,17 @@
 //! and forwards signals, reaps zombies and stops the agent within a timeout
 //! ([`supervisor`]). [`run`] ties them together; [`commands`] holds the one-shot
 //! subcommands; [`config`] parses flags and `ROLLCALL_*` variables once; [`exit`] lists the
-//! exit codes; [`raft_identity`] keeps the raft the agent belongs to in its data directory.
+//! exit codes; [`raft_identity`] keeps the raft the agent belongs to in its data directory;
+//! [`leave`] is the `leave` subcommand and what `run` does about a member that left;
+//! [`alive`] is the liveness check for orchestrators.
 
+pub mod alive;
 pub mod commands;
 pub mod config;
+pub mod dns;
 pub mod engine;
 pub mod exit;
+pub mod leave;
 pub mod member_loop;
 pub mod raft_identity;
 pub mod registry_link;
@@ -23,7 +28,12 @@ use exit::Exit;
 /// Runs one parsed command line and returns the process's exit code.
 pub async fn dispatch(command: Command, settings: Settings) -> Result<i32, Exit> {
     match command {
-        Command::Run(_) => run::run(settings).await,
+        Command::Run(_) => {
+            leave::before_run(&settings)?;
+            let after = settings.clone();
+            let code = run::run(settings).await?;
+            Ok(leave::exit_code_after_run(&after, code))
+        }
         Command::Heartbeat(args) => commands::heartbeat(settings, args.role.into()).await,
         Command::Members(args) => {
             commands::members(
@@ -35,5 +45,8 @@ pub async fn dispatch(command: Command, settings: Settings) -> Result<i32, Exit>
             .await
         }
         Command::Claim => commands::claim(settings).await,
+        Command::Leave => leave::leave(settings).await,
+        Command::Alive => alive::alive(settings).await,
+        Command::ForceNewCluster => leave::request_force_new_cluster(settings),
     }
 }

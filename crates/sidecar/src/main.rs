@@ -26,6 +26,28 @@ fn main() {
     if matches!(cli.command, Command::Members(_)) && cli.common.advertise.is_none() {
         cli.common.advertise = Some(std::net::Ipv4Addr::LOCALHOST.to_string());
     }
+    // `--advertise-subnet`: the address this host has in the raft's network, chosen among its
+    // interfaces here (the pure choice is config::address_in_subnet), before the settings.
+    if cli.common.advertise.is_none() {
+        if let Some(subnet) = cli
+            .common
+            .advertise_subnet
+            .clone()
+            .filter(|s| !s.is_empty())
+        {
+            let interfaces = rollcall_sidecar::engine::host_interfaces();
+            match rollcall_sidecar::config::address_in_subnet(&interfaces, &subnet) {
+                Ok((interface, ip)) => {
+                    tracing::info!(%interface, %ip, %subnet, "advertising this host's address in --advertise-subnet");
+                    cli.common.advertise = Some(ip.to_string());
+                }
+                Err(error) => {
+                    tracing::error!(%error, "invalid configuration");
+                    std::process::exit(EXIT_CONFIG);
+                }
+            }
+        }
+    }
     let agent_args = match &cli.command {
         Command::Run(args) => args.agent_args.clone(),
         _ => Vec::new(),

@@ -12,6 +12,11 @@
 //! (the registry being down or wrong never stops a running agent), while a member of a raft
 //! that was never listed and that the registry refuses as another raft's moves its data
 //! aside and claims afresh (see [`move_data_aside`]).
+//!
+//! Once the member is first healthy, the file also records the agent's own IDs for it
+//! ([`MemberIds`]: etcd's cluster ID and member ID), so that a restart from this data can
+//! ask a live member of the same etcd cluster whether this member is still in the raft
+//! (one removed meanwhile moves its data aside and claims afresh; see `run`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -37,6 +42,17 @@ pub struct IdentityRecord {
     /// The registry accepted a heartbeat of this member in this raft at least once.
     #[serde(default)]
     pub listed: bool,
+    /// The agent's IDs for this member, once it was healthy (etcd only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_ids: Option<MemberIds>,
+}
+
+/// Which member of which agent cluster this data directory holds, in the agent's own IDs
+/// (etcd: decimal, as its JSON API writes them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberIds {
+    pub cluster_id: String,
+    pub member_id: String,
 }
 
 impl IdentityRecord {
@@ -123,6 +139,7 @@ impl IdentityStore {
             generation: raft.generation,
             nonce: raft.nonce.clone(),
             listed: false,
+            member_ids: None,
         });
         match &record {
             Some(record) => self.write(record)?,
@@ -158,6 +175,28 @@ impl IdentityStore {
                 *record = listed;
             }
             Err(error) => warn!(%error, "cannot record that the registry listed this member"),
+        }
+    }
+
+    /// Records the agent's IDs for this member (when they are new). Like
+    /// [`IdentityStore::mark_listed`], a failure to write is only logged; without a record
+    /// (a registry that names no raft) there is nothing to add them to.
+    pub fn record_member(&self, ids: &MemberIds) {
+        let mut current = self.lock();
+        let Some(record) = current
+            .as_mut()
+            .filter(|r| r.member_ids.as_ref() != Some(ids))
+        else {
+            return;
+        };
+        let mut updated = record.clone();
+        updated.member_ids = Some(ids.clone());
+        match self.write(&updated) {
+            Ok(()) => {
+                info!(cluster_id = %ids.cluster_id, member_id = %ids.member_id, "recorded this member's IDs in the raft identity file");
+                *record = updated;
+            }
+            Err(error) => warn!(%error, "cannot record this member's IDs"),
         }
     }
 
@@ -208,12 +247,18 @@ pub fn create_data_dir(dir: &Path) -> std::io::Result<()> {
 /// is deleted) and returns the new path. An empty directory is left in its place when the
 /// data directory is a mount point (a volume cannot be renamed): then its entries are moved.
 pub fn move_data_aside(data_dir: &Path) -> std::io::Result<PathBuf> {
+    move_data_aside_as(data_dir, "wrong-raft")
+}
+
+/// [`move_data_aside`] with another word in the new name (`<data-dir>.<label>-<unix
+/// seconds>`), saying why it was moved: `left` after `rollcall-sidecar leave`.
+pub fn move_data_aside_as(data_dir: &Path, label: &str) -> std::io::Result<PathBuf> {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
     let mut name = data_dir.as_os_str().to_owned();
-    name.push(format!(".wrong-raft-{seconds}"));
+    name.push(format!(".{label}-{seconds}"));
     let aside = PathBuf::from(name);
     match std::fs::rename(data_dir, &aside) {
         Ok(()) => Ok(aside),
@@ -225,7 +270,7 @@ pub fn move_data_aside(data_dir: &Path) -> std::io::Result<PathBuf> {
                 Some(libc::EBUSY) | Some(libc::EXDEV) | Some(libc::EPERM)
             ) =>
         {
-            move_entries_inside(data_dir, &format!("wrong-raft-{seconds}"))
+            move_entries_inside(data_dir, &format!("{label}-{seconds}"))
         }
         Err(error) => Err(error),
     }
@@ -272,8 +317,14 @@ mod tests {
         assert_eq!(again.identity(), Some(raft("0123456789abcdef")));
         assert!(!again.listed());
         again.mark_listed();
+        let ids = MemberIds {
+            cluster_id: "14035389283528514985".into(),
+            member_id: "10276657743932975437".into(),
+        };
+        again.record_member(&ids);
         let third = IdentityStore::load(&data, "c", true);
         assert!(third.listed());
+        assert_eq!(third.record().and_then(|r| r.member_ids), Some(ids));
         // Another cluster's file is not this cluster's raft.
         assert_eq!(IdentityStore::load(&data, "other", true).identity(), None);
         // A registry that names no raft: the old file goes.

@@ -2,7 +2,9 @@
 //! heartbeats and the leave, on top of the protocol crate's one-request-per-call client.
 //!
 //! In this crate "registry" means only the remote registry service; [`RegistryLink`] is how
-//! one node talks to it (its cluster, node name and address are fixed here once).
+//! one node talks to it (its cluster, node name and address are fixed here once). Given
+//! several registry URLs (its replicas), the protocol client fails over between them within
+//! each call and logs each switch; the retry policy here sees only calls that no URL answered.
 //!
 //! Waiting at claim time: `503 not_ready` (startup grace, quiet period, no live server) and
 //! the conflicts `409 reset_required`, `address_conflict` and `expect_conflict` are answers
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use rollcall_protocol::{
     AgentStatus, ClaimRequest, ClaimResponse, ClientError, ErrorCode, GrantedRole,
-    HeartbeatRequest, HeartbeatResponse, MemberRole, RaftIdentity, RegistryClient,
+    HeartbeatRequest, HeartbeatResponse, MemberRole, RaftIdentity, RaftMember, RegistryClient,
 };
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -52,13 +54,22 @@ pub struct RegistryLink {
     address: String,
     expect: u32,
     agent_only: bool,
+    /// The raft's size as the registry last answered a claim (0: no answer yet), which wins
+    /// over `--expect` for the dead-member cleanup's quorum floor.
+    answered_expect: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl RegistryLink {
     pub fn new(settings: &Settings) -> Result<RegistryLink, Exit> {
+        let resolver =
+            crate::dns::FreshResolver::from_system().map_err(|e| Exit::new(EXIT_CONFIG, e))?;
+        // Redirects are the protocol client's to follow: only to a configured registry URL,
+        // so that the token never goes anywhere else.
         let mut builder = reqwest::Client::builder()
             .timeout(settings.request_timeout)
-            .connect_timeout(settings.request_timeout.min(Duration::from_secs(2)));
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(2)))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(std::sync::Arc::new(resolver));
         if let Some(path) = &settings.ca_cert {
             let pem = std::fs::read(path).map_err(|e| {
                 Exit::new(
@@ -76,18 +87,35 @@ impl RegistryLink {
         let http = builder
             .build()
             .map_err(|e| Exit::new(EXIT_INTERNAL, format!("cannot build the HTTP client: {e}")))?;
+        // One call's tries of the replicas share the request timeout, so that a frozen
+        // replica delays a heartbeat by less than one interval (see the protocol client).
+        let client = RegistryClient::with_bases(
+            settings.registry_urls.clone(),
+            settings.token.clone(),
+            http,
+        )
+        .map_err(|e| Exit::new(EXIT_CONFIG, format!("--registry: {e}")))?
+        .with_request_timeout(settings.request_timeout);
         Ok(RegistryLink {
-            client: RegistryClient::with_http_client(
-                settings.registry_url.clone(),
-                settings.token.clone(),
-                http,
-            ),
+            client,
             cluster: settings.cluster.clone(),
             node: settings.node.clone(),
             address: settings.advertise_address(),
             expect: settings.expect,
             agent_only: settings.agent_only,
+            answered_expect: Default::default(),
         })
+    }
+
+    /// The raft's size: the registry's last claim answer, else `--expect`.
+    pub fn raft_expect(&self) -> u32 {
+        match self
+            .answered_expect
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => self.expect,
+            answered => answered,
+        }
     }
 
     pub fn client(&self) -> &RegistryClient {
@@ -118,7 +146,12 @@ impl RegistryLink {
             started_as,
             raft,
         };
-        self.client.claim(&self.cluster, &request).await
+        let answer = self.client.claim(&self.cluster, &request).await;
+        if let Ok(claim) = &answer {
+            self.answered_expect
+                .store(claim.expect, std::sync::atomic::Ordering::Relaxed);
+        }
+        answer
     }
 
     /// Claims at start: waits out `503 not_ready` and the conflicts the registry may resolve
@@ -186,15 +219,18 @@ impl RegistryLink {
     }
 
     /// One heartbeat; `raft` is the raft the agent belongs to, when known (the registry
-    /// refuses one of another raft than the cluster's with `409 wrong_raft`).
+    /// refuses one of another raft than the cluster's with `409 wrong_raft`);
+    /// `raft_members` the raft's membership as the agent sees it.
     pub async fn heartbeat(
         &self,
         role: MemberRole,
         status: Option<AgentStatus>,
+        raft_members: Option<Vec<RaftMember>>,
         meta: BTreeMap<String, String>,
         raft: Option<RaftIdentity>,
     ) -> Result<HeartbeatResponse, ClientError> {
         let request = HeartbeatRequest {
+            raft_members,
             address: self.address.clone(),
             role,
             status,
@@ -229,12 +265,14 @@ impl JoinTargets for RegistryLink {
 
 /// True for the answers a claim waits out: the registry asks to come back later, and the
 /// answer may change by itself (a startup grace ends, a conflicting entry expires, a raft
-/// comes back) or by an operator's hand (a reset, a fixed `expect`).
+/// comes back) or by an operator's hand (a reset, a fixed `expect`, a survivor forced into a
+/// new raft after `raft_lost`).
 pub fn waits(code: ErrorCode) -> bool {
     matches!(
         code,
         ErrorCode::NotReady
             | ErrorCode::ResetRequired
+            | ErrorCode::RaftLost
             | ErrorCode::AddressConflict
             | ErrorCode::ExpectConflict
     )
@@ -378,6 +416,7 @@ mod tests {
         for code in [
             ErrorCode::NotReady,
             ErrorCode::ResetRequired,
+            ErrorCode::RaftLost,
             ErrorCode::AddressConflict,
             ErrorCode::ExpectConflict,
         ] {

@@ -11,11 +11,12 @@ use std::time::Duration;
 use clap::Parser;
 use common::consul::FakeConsul;
 use common::TestRegistry;
-use rollcall_protocol::{AgentStatus, GrantedRole, MemberRole};
+use rollcall_protocol::{Absence, AgentStatus, GrantedRole, MemberRole};
 use rollcall_sidecar::config::{Cli, Settings, DEFAULT_CONSUL_RETRY_INTERVAL};
 use rollcall_sidecar::engine::consul::{
-    agent_args, agent_status, parse_agent_self, parse_autopilot_health, parse_leader,
-    parse_raft_configuration, ConsulArgs, RaftServer,
+    agent_args, agent_status, autopilot_hcl, autopilot_settings, parse_agent_self, parse_autopilot,
+    parse_autopilot_health, parse_leader, parse_raft_configuration, CleanupDecision,
+    CleanupOutcome, ConsulArgs, RaftServer, RemovalCall,
 };
 use rollcall_sidecar::engine::{Engine, StartPlan};
 use rollcall_sidecar::exit::EXIT_CONFIG;
@@ -78,6 +79,7 @@ fn agent_args_table() {
         server: true,
         retry_interval: Duration::from_secs(3),
         join: &none,
+        autopilot_hcl: None,
         passthrough: &none,
     };
     let rows = [
@@ -155,6 +157,41 @@ fn agent_args_table() {
             ],
         },
         Row {
+            what: "a server gets the autopilot block as -hcl; pass-through flags still come last",
+            args: ConsulArgs {
+                autopilot_hcl: Some("autopilot {\n  min_quorum = 2\n}"),
+                passthrough: &extra,
+                ..base.clone()
+            },
+            expected: &[
+                "agent",
+                "-node=c1",
+                "-data-dir=/consul/data",
+                "-advertise=10.0.0.1",
+                "-retry-interval=3s",
+                "-server",
+                "-bootstrap-expect=3",
+                "-hcl=autopilot {\n  min_quorum = 2\n}",
+                "-ui",
+                "-client=0.0.0.0",
+            ],
+        },
+        Row {
+            what: "a client agent never gets the autopilot block",
+            args: ConsulArgs {
+                server: false,
+                autopilot_hcl: Some("autopilot {}"),
+                ..base.clone()
+            },
+            expected: &[
+                "agent",
+                "-node=c1",
+                "-data-dir=/consul/data",
+                "-advertise=10.0.0.1",
+                "-retry-interval=3s",
+            ],
+        },
+        Row {
             what: "a non-default Serf LAN port, and pass-through flags last",
             args: ConsulArgs {
                 serf_lan_port: 9301,
@@ -206,6 +243,11 @@ async fn granted_roles_become_consul_command_lines() {
     let registry = RegistryLink::new(&settings).expect("registry client");
     let join = strings(&["10.0.0.2:8301"]);
     let data = format!("-data-dir={data_dir}");
+    // The registry's default interval (5 s) until a claim's answer says otherwise.
+    let hcl = format!(
+        "-hcl={}",
+        autopilot_hcl(&autopilot_settings(3, Duration::from_secs(5)))
+    );
     for (plan, expected) in [
         (
             StartPlan::Bootstrap,
@@ -217,6 +259,7 @@ async fn granted_roles_become_consul_command_lines() {
                 "-retry-interval=3s",
                 "-server",
                 "-bootstrap-expect=3",
+                &hcl,
                 "-ui",
             ],
         ),
@@ -230,6 +273,7 @@ async fn granted_roles_become_consul_command_lines() {
                 "-retry-interval=3s",
                 "-server",
                 "-bootstrap-expect=3",
+                &hcl,
                 "-retry-join=10.0.0.2:8301",
                 "-ui",
             ],
@@ -278,6 +322,7 @@ async fn granted_roles_become_consul_command_lines() {
         .expect("command");
     assert!(command.args.contains(&"-server".to_string()));
     assert!(command.args.contains(&"-bootstrap-expect=3".to_string()));
+    assert!(command.args.contains(&hcl), "{:?}", command.args);
 }
 
 /// Three servers claim at the same instant from the real registry; each gets the short
@@ -576,6 +621,7 @@ fn operator_answers_are_parsed_alike() {
     assert_eq!(
         from_raft[2],
         RaftServer {
+            id: "5e1b7a3c-2d4f-4c1e-9b8a-1f2e3d4c5b6a".into(),
             node: "consul-2".into(),
             address: "10.1.10.11:8300".into(),
             leader: false,
@@ -823,4 +869,419 @@ async fn local_config_is_written_before_consul_starts_or_refused() {
             assert_eq!(result.expect_err("not JSON").code, EXIT_CONFIG);
         }
     }
+}
+
+/// The leader's answers: this agent is `foobar`, the raft's leader (documented samples).
+fn leader_answers(configuration: &str, health: (u16, &str)) -> Vec<(&'static str, u16, String)> {
+    vec![
+        ("/v1/status/leader", 200, fixture("status_leader.json")),
+        ("/v1/agent/self", 200, fixture("agent_self_documented.json")),
+        (
+            "/v1/operator/raft/configuration",
+            200,
+            fixture(configuration),
+        ),
+        ("/v1/operator/autopilot/health", health.0, fixture(health.1)),
+        (
+            "/v1/operator/autopilot/configuration",
+            200,
+            fixture("autopilot_configuration.json"),
+        ),
+        (
+            "PUT /v1/operator/autopilot/configuration",
+            200,
+            "true".to_string(),
+        ),
+        ("PUT /v1/agent/force-leave/consul-3", 200, String::new()),
+        ("DELETE /v1/operator/raft/peer", 200, String::new()),
+    ]
+}
+
+fn consul_engine(url: &str) -> Engine {
+    Engine::new(&consul_settings(url, None)).expect("engine")
+}
+
+#[test]
+fn autopilot_health_is_parsed_with_failure_tolerance_and_serf_status() {
+    let health = parse_autopilot(&fixture("autopilot_health_one_failed.json")).expect("parsed");
+    assert!(!health.healthy);
+    assert_eq!(health.failure_tolerance, 0);
+    assert_eq!(health.servers.len(), 3);
+    let dead = &health.servers[2];
+    assert_eq!(dead.id, "0f2d6c77-5b1e-4f3a-8c9d-7e6f5a4b3c2d");
+    assert_eq!(dead.name, "consul-3");
+    assert_eq!(dead.serf_status, "failed");
+    assert!(!dead.healthy && dead.voter && !dead.leader);
+    let all = parse_autopilot(&fixture("autopilot_health.json")).expect("parsed");
+    assert!(all.healthy && all.failure_tolerance == 1);
+    assert!(all
+        .servers
+        .iter()
+        .all(|s| s.healthy && s.serf_status == "alive"));
+    let stale =
+        parse_raft_configuration(&fixture("raft_configuration_stale.json")).expect("parsed");
+    assert_eq!(stale[2].node, "(unknown)");
+    assert_eq!(stale[2].id, "0f2d6c77-5b1e-4f3a-8c9d-7e6f5a4b3c2d");
+}
+
+/// The leader reports the raft configuration with its evidence from Autopilot's health (429:
+/// the raft is not healthy); a follower reports the same members without evidence.
+#[tokio::test]
+async fn heartbeats_carry_the_raft_members_with_the_leaders_evidence() {
+    let consul = FakeConsul::start(
+        &leader_answers(
+            "raft_configuration.json",
+            (429, "autopilot_health_one_failed.json"),
+        ),
+        None,
+    )
+    .await;
+    let engine = consul_engine(&consul.url);
+    assert_eq!(engine.raft_members(MemberRole::Agent).await, None);
+    let members = engine
+        .raft_members(MemberRole::Server)
+        .await
+        .expect("members");
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["foobar", "consul-2", "consul-3"]);
+    assert_eq!(members[0].id, "e349749b-3303-3ddf-959c-b5885a0e1f6e");
+    assert_eq!(members[0].peer_urls, ["10.1.10.12:8300"]);
+    assert_eq!(
+        members.iter().map(|m| m.connected).collect::<Vec<_>>(),
+        [Some(true), Some(true), Some(false)]
+    );
+    assert_eq!(members[2].disconnected_for_ms, Some(0), "counted from now");
+    assert!(members.iter().all(|m| !m.learner));
+    for member in &members {
+        member.validate().expect("valid on the wire");
+    }
+    // Autopilot's failure tolerance and health go into status: the raft still has a leader.
+    let status = engine.status(MemberRole::Server).await.expect("status");
+    assert_eq!(status.is_leader, Some(true));
+    assert_eq!(status.peers, Some(3));
+
+    // A follower: the same members, no evidence.
+    let follower = FakeConsul::start(
+        &[
+            ("/v1/status/leader", 200, fixture("status_leader.json")),
+            (
+                "/v1/agent/self",
+                200,
+                fixture("agent_self_follower_with_stats.json"),
+            ),
+            (
+                "/v1/operator/raft/configuration",
+                200,
+                fixture("raft_configuration_non_voter.json"),
+            ),
+        ],
+        None,
+    )
+    .await;
+    let members = consul_engine(&follower.url)
+        .raft_members(MemberRole::Server)
+        .await
+        .expect("members");
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m.connected.is_none()));
+    assert!(members[2].learner, "a non-voter carries no quorum weight");
+}
+
+/// A server Autopilot counts unhealthy (no contact with the leader within the threshold)
+/// is not healthy for the sidecar: it sends no heartbeat until it is.
+#[tokio::test]
+async fn a_server_autopilot_counts_unhealthy_is_not_healthy() {
+    let answers = |health: &str| {
+        vec![
+            ("/v1/status/leader", 200, fixture("status_leader.json")),
+            (
+                "/v1/agent/self",
+                200,
+                fixture("agent_self_follower_with_stats.json"),
+            ),
+            ("/v1/operator/autopilot/health", 429, fixture(health)),
+        ]
+    };
+    let consul =
+        FakeConsul::start(&answers("autopilot_health_follower_unhealthy.json"), None).await;
+    match consul_engine(&consul.url).health(MemberRole::Server).await {
+        rollcall_sidecar::engine::Health::Starting(reason) => {
+            assert!(reason.contains("3.2s"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let consul = FakeConsul::start(&answers("autopilot_health_one_failed.json"), None).await;
+    assert!(matches!(
+        consul_engine(&consul.url).health(MemberRole::Server).await,
+        rollcall_sidecar::engine::Health::Healthy
+    ));
+}
+
+fn calls_of(consul: &FakeConsul, method: &str) -> Vec<(String, Option<String>, String)> {
+    consul
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == method)
+        .map(|c| (c.path, c.query, c.body))
+        .collect()
+}
+
+/// The leader's first pass brings the stored Autopilot configuration (Consul's defaults, as
+/// documented) to the sidecar's values with a check-and-set, keeping the fields it does not
+/// own; later passes do not write again.
+#[tokio::test]
+async fn the_leader_writes_the_autopilot_configuration_once() {
+    let consul = FakeConsul::start(
+        &leader_answers("raft_configuration.json", (200, "autopilot_health.json")),
+        None,
+    )
+    .await;
+    let engine = consul_engine(&consul.url);
+    engine.set_registry_interval(Duration::from_secs(1));
+    for _ in 0..2 {
+        let outcome = engine
+            .consul_cleanup(&[], 3, Duration::from_secs(300))
+            .await
+            .expect("consul");
+        assert_eq!(outcome, CleanupOutcome::Decided(CleanupDecision::Nothing));
+    }
+    let puts = calls_of(&consul, "PUT");
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    let (path, query, body) = &puts[0];
+    assert_eq!(path, "/v1/operator/autopilot/configuration");
+    assert_eq!(query.as_deref(), Some("cas=4"));
+    let body: serde_json::Value = serde_json::from_str(body).expect("json");
+    assert_eq!(body["CleanupDeadServers"], true);
+    assert_eq!(body["LastContactThreshold"], "200ms");
+    assert_eq!(body["ServerStabilizationTime"], "2s");
+    assert_eq!(body["MinQuorum"], 2);
+    assert_eq!(body["MaxTrailingLogs"], 250, "kept as read");
+    assert!(calls_of(&consul, "DELETE").is_empty());
+
+    // A follower's sidecar never writes.
+    let follower = FakeConsul::start(
+        &[
+            ("/v1/status/leader", 200, fixture("status_leader.json")),
+            (
+                "/v1/agent/self",
+                200,
+                fixture("agent_self_follower_with_stats.json"),
+            ),
+            (
+                "/v1/operator/raft/configuration",
+                200,
+                fixture("raft_configuration.json"),
+            ),
+        ],
+        None,
+    )
+    .await;
+    let outcome = consul_engine(&follower.url)
+        .consul_cleanup(&[], 3, Duration::from_millis(1))
+        .await;
+    assert_eq!(outcome, Some(CleanupOutcome::NotLeader));
+    assert!(calls_of(&follower, "PUT").is_empty());
+}
+
+/// A failed server past both thresholds: force-leave with prune, as Consul's documentation
+/// advises while Serf still lists the server; only once both the leader's watch and the
+/// registry's absence have reached the threshold.
+#[tokio::test]
+async fn a_failed_server_autopilot_left_is_force_left_with_prune() {
+    let consul = FakeConsul::start(
+        &leader_answers(
+            "raft_configuration.json",
+            (429, "autopilot_health_one_failed.json"),
+        ),
+        None,
+    )
+    .await;
+    let engine = consul_engine(&consul.url);
+    let threshold = Duration::from_millis(300);
+    let gone = [Absence {
+        node: "consul-3".into(),
+        absent_for_ms: 10_000,
+    }];
+    // First pass: the leader's watch starts now.
+    let outcome = engine
+        .consul_cleanup(&gone, 3, threshold)
+        .await
+        .expect("consul");
+    assert!(
+        matches!(&outcome, CleanupOutcome::Decided(CleanupDecision::Hold(r)) if r.contains("disconnected from the leader")),
+        "{outcome:?}"
+    );
+    tokio::time::sleep(threshold + Duration::from_millis(50)).await;
+    // The registry saw it recently (a restart): held.
+    let recent = [Absence {
+        node: "consul-3".into(),
+        absent_for_ms: 100,
+    }];
+    let outcome = engine
+        .consul_cleanup(&recent, 3, threshold)
+        .await
+        .expect("consul");
+    assert!(
+        matches!(&outcome, CleanupOutcome::Decided(CleanupDecision::Hold(r)) if r.contains("absent from the registry")),
+        "{outcome:?}"
+    );
+    assert!(!calls_of(&consul, "PUT")
+        .iter()
+        .any(|(p, ..)| p.starts_with("/v1/agent/force-leave")));
+    // Both thresholds passed.
+    let outcome = engine
+        .consul_cleanup(&gone, 3, threshold)
+        .await
+        .expect("consul");
+    let CleanupOutcome::Decided(CleanupDecision::Remove(removal)) = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(
+        removal.call,
+        RemovalCall::ForceLeavePrune {
+            node: "consul-3".into()
+        }
+    );
+    assert_eq!(removal.voters_after, 2);
+    let force_leaves: Vec<_> = calls_of(&consul, "PUT")
+        .into_iter()
+        .filter(|(p, ..)| p.starts_with("/v1/agent/force-leave"))
+        .collect();
+    assert_eq!(force_leaves.len(), 1);
+    assert_eq!(force_leaves[0].0, "/v1/agent/force-leave/consul-3");
+    assert_eq!(force_leaves[0].1.as_deref(), Some("prune"));
+    // One removal per threshold.
+    let outcome = engine
+        .consul_cleanup(&gone, 3, threshold)
+        .await
+        .expect("consul");
+    assert!(
+        matches!(&outcome, CleanupOutcome::Decided(CleanupDecision::Hold(r)) if r.contains("one removal per")),
+        "{outcome:?}"
+    );
+}
+
+/// A stale server (in the raft configuration as `(unknown)`, no longer in Autopilot's
+/// health): removed from the raft by its ID, under its remembered name's registry evidence.
+#[tokio::test]
+async fn a_stale_raft_peer_is_removed_by_id() {
+    let consul = FakeConsul::start(
+        &leader_answers(
+            "raft_configuration_stale.json",
+            (429, "autopilot_health_stale.json"),
+        ),
+        None,
+    )
+    .await;
+    let engine = consul_engine(&consul.url);
+    let threshold = Duration::from_millis(200);
+    // Nobody remembers the stale server's name: a voter without registry evidence stays.
+    engine.consul_cleanup(&[], 3, threshold).await;
+    tokio::time::sleep(threshold + Duration::from_millis(50)).await;
+    let outcome = engine
+        .consul_cleanup(&[], 3, threshold)
+        .await
+        .expect("consul");
+    assert!(
+        matches!(&outcome, CleanupOutcome::Decided(CleanupDecision::Hold(r)) if r.contains("remove-peer -id=0f2d6c77")),
+        "{outcome:?}"
+    );
+    assert!(calls_of(&consul, "DELETE").is_empty());
+
+    // A sidecar that saw the server under its name while it lived goes on the registry's
+    // evidence for that name.
+    let consul = FakeConsul::start(
+        &leader_answers("raft_configuration.json", (200, "autopilot_health.json")),
+        None,
+    )
+    .await;
+    let engine = consul_engine(&consul.url);
+    engine
+        .raft_members(MemberRole::Server)
+        .await
+        .expect("members");
+    consul.set_answer(
+        "/v1/operator/raft/configuration",
+        200,
+        fixture("raft_configuration_stale.json"),
+    );
+    consul.set_answer(
+        "/v1/operator/autopilot/health",
+        429,
+        fixture("autopilot_health_stale.json"),
+    );
+    let members = engine
+        .raft_members(MemberRole::Server)
+        .await
+        .expect("members");
+    assert_eq!(members[2].name, "consul-3", "remembered");
+    assert_eq!(members[2].connected, Some(false));
+    tokio::time::sleep(threshold + Duration::from_millis(50)).await;
+    let gone = [Absence {
+        node: "consul-3".into(),
+        absent_for_ms: 10_000,
+    }];
+    let outcome = engine
+        .consul_cleanup(&gone, 3, threshold)
+        .await
+        .expect("consul");
+    let CleanupOutcome::Decided(CleanupDecision::Remove(removal)) = outcome else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(
+        removal.call,
+        RemovalCall::RemovePeer {
+            id: "0f2d6c77-5b1e-4f3a-8c9d-7e6f5a4b3c2d".into()
+        }
+    );
+    let deletes = calls_of(&consul, "DELETE");
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert_eq!(deletes[0].0, "/v1/operator/raft/peer");
+    assert_eq!(
+        deletes[0].1.as_deref(),
+        Some("id=0f2d6c77-5b1e-4f3a-8c9d-7e6f5a4b3c2d")
+    );
+}
+
+/// With `CONSUL_LOCAL_CONFIG` setting `autopilot`, the operator's settings win: no `-hcl`,
+/// no write to the stored configuration.
+#[tokio::test]
+async fn an_operators_autopilot_block_is_left_alone() {
+    let consul = FakeConsul::start(
+        &leader_answers("raft_configuration.json", (200, "autopilot_health.json")),
+        None,
+    )
+    .await;
+    let temp = tempfile::tempdir().expect("tempdir");
+    let config = temp.path().join("config");
+    let settings = settings(
+        &[
+            "--engine",
+            "consul",
+            "--advertise",
+            "10.1.10.11",
+            "--consul-http",
+            &consul.url,
+            "--consul-config-dir",
+            config.to_str().expect("utf-8"),
+            "--consul-local-config",
+            r#"{"autopilot":{"min_quorum":5}}"#,
+        ],
+        &[],
+    );
+    let engine = Engine::new(&settings).expect("engine");
+    let registry = RegistryLink::new(&settings).expect("registry client");
+    let command = engine
+        .prepare(&StartPlan::Bootstrap, None, &registry)
+        .await
+        .expect("command");
+    assert!(
+        !command.args.iter().any(|a| a.starts_with("-hcl")),
+        "{:?}",
+        command.args
+    );
+    engine
+        .consul_cleanup(&[], 3, Duration::from_secs(300))
+        .await;
+    assert!(calls_of(&consul, "PUT").is_empty());
 }

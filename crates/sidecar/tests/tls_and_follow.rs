@@ -45,6 +45,7 @@ fn members_command(url: &str, cluster: &str, extra: &[&str]) -> Command {
 
 fn hb(address: &str) -> HeartbeatRequest {
     HeartbeatRequest {
+        raft_members: None,
         address: address.into(),
         role: MemberRole::Server,
         status: None,

@@ -32,6 +32,9 @@ async fn main() -> anyhow::Result<()> {
         registered: false,
         ttl_ms: 15_000,
         interval_ms: 5_000,
+        absent: Vec::new(),
+        server_slot_open: false,
+        expect: None,
     })?);
     let app = Router::new().fallback(move |_request_body: Bytes| {
         std::future::ready(([(header::CONTENT_TYPE, "application/json")], body.clone()))

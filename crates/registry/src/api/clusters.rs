@@ -1,15 +1,16 @@
 //! Cluster routes: every cluster the registry knows, one cluster in detail, and the
-//! operator's reset of a cluster.
+//! operator's reset and resize of a cluster.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use rollcall_protocol::validate::NameKind;
 use rollcall_protocol::{
-    validate_name, ClusterDetail, ClustersResponse, ResetRequest, ResetResponse,
+    validate_name, ClusterDetail, ClustersResponse, ResetRequest, ResetResponse, ResizeRequest,
+    ResizeResponse,
 };
 
-use super::error::{ApiError, ReadAllError, ReadOneError, ResetError};
+use super::error::{ApiError, ReadAllError, ReadOneError, ResetError, ResizeError};
 use super::extract::{ApiJson, ApiPath, ClusterPath, OperatorAllowed};
 use super::{index_header, wait_durable, AppState};
 
@@ -17,7 +18,7 @@ use super::{index_header, wait_durable, AppState};
     get,
     path = "/v1/clusters/{cluster}",
     tag = "clusters",
-    summary = "Members, live claims and the bootstrap grant of one cluster",
+    summary = "Members, live claims, the bootstrap grant, the known raft (and whether it is lost) and the leader's view of it, of one cluster",
     params(ClusterPath),
     responses(
         (status = 200, description = "the cluster", body = ClusterDetail,
@@ -79,6 +80,33 @@ pub(super) async fn reset(
     validate_name(NameKind::Cluster, &path.cluster)?;
     body.validate()?;
     let (response, durability) = state.membership.reset(&path.cluster, &body)?;
+    wait_durable(&state, durability).await?;
+    Ok(Json(response))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/clusters/{cluster}/resize",
+    tag = "clusters",
+    summary = "An operator's resize: change the known raft's size (expect), so that the server slots follow",
+    params(ClusterPath),
+    request_body = ResizeRequest,
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "the raft's size is changed and stored", body = ResizeResponse),
+        ResizeError
+    )
+)]
+#[tracing::instrument(level = "debug", skip_all, fields(cluster = %path.cluster))]
+pub(super) async fn resize(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<ClusterPath>,
+    _allowed: OperatorAllowed,
+    ApiJson(body): ApiJson<ResizeRequest>,
+) -> Result<Json<ResizeResponse>, ResizeError> {
+    validate_name(NameKind::Cluster, &path.cluster)?;
+    body.validate()?;
+    let (response, durability) = state.membership.resize(&path.cluster, &body)?;
     wait_durable(&state, durability).await?;
     Ok(Json(response))
 }

@@ -33,6 +33,11 @@ pub enum ApiError {
     NotFound(String),
     MethodNotAllowed,
     LimitExceeded(String),
+    /// 429 for a bound that frees itself as others finish (`--max-watchers`): `Retry-After`.
+    LimitExceededRetry {
+        message: String,
+        retry_after: Duration,
+    },
     NotReady {
         message: String,
         retry_after: Duration,
@@ -109,10 +114,13 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::LimitExceeded(_) | ApiError::LimitExceededRetry { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Storage(e) if e.disk_full => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Storage(e) if e.unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
         }
@@ -149,6 +157,17 @@ impl IntoResponse for ApiError {
                 "this method is not allowed on this path".into(),
             ),
             ApiError::LimitExceeded(m) => (ErrorCode::LimitExceeded, m),
+            ApiError::LimitExceededRetry {
+                message,
+                retry_after,
+            } => {
+                return with_retry_after(
+                    status,
+                    ErrorCode::LimitExceeded,
+                    message,
+                    Some(retry_after),
+                )
+            }
             ApiError::NotReady {
                 message,
                 retry_after,
@@ -158,6 +177,13 @@ impl IntoResponse for ApiError {
                 message,
                 retry_after,
             } => return with_retry_after(status, code, message, retry_after),
+            ApiError::Storage(e) if e.unavailable => {
+                tracing::warn!(error = %e.message, "storage unavailable; the write was not acknowledged");
+                (
+                    ErrorCode::StoreUnavailable,
+                    "the registry's etcd cannot be reached (no quorum, or no endpoint answers): the write was not acknowledged; retry".into(),
+                )
+            }
             ApiError::Storage(e) => {
                 tracing::error!(error = %e.message, disk_full = e.disk_full, "storage failure; the write was not acknowledged");
                 let message = if e.disk_full {
@@ -261,8 +287,17 @@ status_set!(
     ListQuery = [INVALID, TIMEOUT, BUSY]
 );
 status_set!(
-    /// A blocking read: no request timeout (it is bounded by its own `wait`).
-    ListStreaming = [INVALID, BUSY]
+    /// A blocking read: no request timeout (it is bounded by its own `wait`), and a slot among
+    /// `--max-watchers` while it waits.
+    ListStreaming = [
+        INVALID,
+        Documented {
+            status: 429,
+            description: "limit_exceeded: --max-watchers blocking reads and event streams are open; retry after Retry-After seconds, or read without index",
+            retry_after: true,
+        },
+        BUSY,
+    ]
 );
 status_set!(
     /// A heartbeat: a body, a token, a limit, storage.
@@ -278,7 +313,7 @@ status_set!(
         INVALID, UNAUTHORIZED, FORBIDDEN, TIMEOUT, TOO_LARGE, NOT_JSON, LIMIT, STORAGE,
         Documented {
             status: 409,
-            description: "the claim conflicts with what the registry knows (address_conflict, expect_conflict, reset_required: the message names the reset command); nothing changed, retry after Retry-After seconds",
+            description: "the claim conflicts with what the registry knows (address_conflict, expect_conflict, reset_required: the message names the reset command; raft_lost: no server of the known raft was live for --raft-lost-after, the message names the recovery and the reset); nothing changed, retry after Retry-After seconds",
             retry_after: true,
         },
         Documented {
@@ -294,6 +329,14 @@ status_set!(
     Reset = [
         INVALID, UNAUTHORIZED, FORBIDDEN, doc(404, "the registry knows no such cluster"), TIMEOUT,
         doc(409, "generation_mismatch (another generation is current) or members_live (live members not named in force); nothing changed"),
+        TOO_LARGE, NOT_JSON, STORAGE, BUSY, DISK_FULL,
+    ]
+);
+status_set!(
+    /// An operator's resize: the registry-wide token, a compare-and-set on the raft's generation.
+    Resize = [
+        INVALID, UNAUTHORIZED, FORBIDDEN, doc(404, "the cluster has no known raft"), TIMEOUT,
+        doc(409, "generation_mismatch: another generation is current; nothing changed"),
         TOO_LARGE, NOT_JSON, STORAGE, BUSY, DISK_FULL,
     ]
 );
@@ -375,3 +418,4 @@ pub type ClaimError = RouteError<Claim>;
 pub type LeaveError = RouteError<Leave>;
 pub type MetricsError = RouteError<Metrics>;
 pub type ResetError = RouteError<Reset>;
+pub type ResizeError = RouteError<Resize>;

@@ -100,6 +100,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             .await
             .map_err(|e| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    crate::telemetry::limit_refused(crate::telemetry::Limit::MaxBodyBytes);
                     ApiError::BodyTooLarge("the body is larger than the registry accepts".into())
                 } else {
                     ApiError::InvalidBody(e.body_text())

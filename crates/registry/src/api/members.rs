@@ -182,7 +182,7 @@ pub(super) async fn list_members(
         return Err(ApiError::InvalidQuery(format!("index must be at most {}", i64::MAX)).into());
     }
     if let Some(index) = query.index {
-        wait_for_change(&state, &cluster, index, wait).await;
+        wait_for_change(&state, &cluster, index, wait).await?;
     }
     let key = ListKey {
         cluster,
@@ -194,18 +194,36 @@ pub(super) async fn list_members(
 }
 
 /// Blocks until `cluster`'s index differs from `index`, `wait` passes, or shutdown begins.
-/// The receiver is taken before the first look, so a change between the look and the wait
-/// still wakes it.
-async fn wait_for_change(state: &AppState, cluster: &str, index: u64, wait: Duration) {
-    let mut changes = state.membership.subscribe();
+/// A read whose index is already stale answers at once and takes no watcher's slot; one that
+/// waits holds a slot of `--max-watchers` until it returns (or is dropped with its client),
+/// and is refused `429` when none is free. The watch is taken with the index it compares, so
+/// a change after that look still wakes it; only a change of this cluster does.
+async fn wait_for_change(
+    state: &AppState,
+    cluster: &str,
+    index: u64,
+    wait: Duration,
+) -> Result<(), ApiError> {
+    if state.membership.cluster_index(cluster) != index {
+        return Ok(());
+    }
+    let _slot = state.watchers.admit()?;
+    let (mut watch, mut current) = state.membership.watch_cluster(cluster);
     let deadline = tokio::time::Instant::now() + wait;
-    while state.membership.cluster_index(cluster) == index {
+    while current == index {
         tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            _ = tokio::time::sleep_until(deadline) => return,
-            _ = state.shutdown.cancelled() => return,
+            changed = watch.changed() => {
+                if !changed {
+                    break;
+                }
+                crate::watchers::count_wakeup();
+                current = state.membership.cluster_index(cluster);
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = state.shutdown.cancelled() => break,
         }
     }
+    Ok(())
 }
 
 #[utoipa::path(

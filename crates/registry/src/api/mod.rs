@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{Denied, Tokens};
 use crate::lists::ListCache;
 use crate::membership::{Durability, Membership};
+use crate::watchers::Watchers;
 
 pub use error::ApiError;
 pub use openapi::{openapi_document, ApiDoc};
@@ -46,6 +47,13 @@ pub struct AppState {
     pub max_watch_wait: Duration,
     /// Pre-serialised list answers.
     pub lists: Arc<ListCache>,
+    /// The dashboard's last renders, shared by every reader.
+    pub dashboard: Arc<crate::dashboard::RenderCache>,
+    /// The slots of `--max-watchers`: every blocking read that waits and every event stream
+    /// holds one, whatever connection or protocol carries it.
+    pub watchers: Watchers,
+    /// With `--store etcd`: this replica, for `/health` and the dashboard.
+    pub replica: Option<Arc<crate::replica::Replica>>,
 }
 
 /// The wait of a blocking read that names none (Consul's default).
@@ -83,10 +91,14 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
         )
         .route("/v1/clusters/{cluster}/claims", post(claims::claim))
         .route("/v1/clusters/{cluster}/reset", post(clusters::reset))
+        .route("/v1/clusters/{cluster}/resize", post(clusters::resize))
         .route_layer(
             tower::ServiceBuilder::new()
                 .layer(axum::error_handling::HandleErrorLayer::new(
-                    |_: tower::BoxError| async { ApiError::Timeout },
+                    |_: tower::BoxError| async {
+                        crate::telemetry::limit_refused(crate::telemetry::Limit::RequestTimeout);
+                        ApiError::Timeout
+                    },
                 ))
                 .timeout(limits.request_timeout),
         )

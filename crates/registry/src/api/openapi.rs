@@ -15,7 +15,8 @@ use super::{claims, clusters, members, operations};
     info(title = "rollcall registry", description = "The bootstrap registry of raft clusters: heartbeats, join targets and race-free mode determination."),
     paths(
         members::heartbeat, members::leave, members::get_member, members::list_members,
-        clusters::cluster_detail, clusters::clusters, clusters::reset, claims::claim,
+        clusters::cluster_detail, clusters::clusters, clusters::reset, clusters::resize,
+        claims::claim,
         members::join_targets,
         operations::health, operations::metrics_text
     ),

@@ -38,6 +38,7 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
         },
         uptime_ms: state.membership.uptime().as_millis() as u64,
         version: env!("CARGO_PKG_VERSION").into(),
+        replica: state.replica.as_ref().map(|r| r.health()),
     };
     let status = if check.is_ok() {
         StatusCode::OK
@@ -71,14 +72,22 @@ pub(super) async fn metrics_text(State(state): State<AppState>) -> Result<Respon
     }
 }
 
-/// Server-Sent Events: one `change` event after every membership change or decision.
+/// Server-Sent Events: one `change` event after every membership change or decision, in any
+/// cluster. Each stream holds a slot of `--max-watchers` for as long as it is open (`429`
+/// when none is free); a client that went away without closing is noticed at the next
+/// keep-alive, and its slot freed.
 pub(super) async fn events(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = state.watchers.admit()?;
     let stream = WatchStream::from_changes(state.membership.subscribe())
-        .map(|version| Ok(Event::default().event("change").data(version.to_string())))
+        .map(move |version| {
+            // The slot lives in this closure, so it is freed when the stream is dropped.
+            let _held = &slot;
+            Ok(Event::default().event("change").data(version.to_string()))
+        })
         .take_until(state.shutdown.clone().cancelled_owned());
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// What the dashboard's pages may do: run only its own script (`/dashboard.js`), read only
@@ -106,7 +115,7 @@ fn dashboard_headers() -> [(header::HeaderName, HeaderValue); 4] {
 pub(super) async fn dashboard_page(State(state): State<AppState>) -> Response {
     (
         dashboard_headers(),
-        Html(crate::dashboard::page(&state.membership).into_string()),
+        Html(state.dashboard.page(&state.membership).await),
     )
         .into_response()
 }
@@ -115,7 +124,7 @@ pub(super) async fn dashboard_live(State(state): State<AppState>) -> Response {
     (
         dashboard_headers(),
         [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
-        Html(crate::dashboard::live(&state.membership).into_string()),
+        Html(state.dashboard.live(&state.membership).await),
     )
         .into_response()
 }

@@ -26,7 +26,7 @@ impl Membership {
         let mut st = self.lock();
         self.observe(&mut st, now);
         st.expire_due(now, &self.store);
-        st.check_room(cluster, node, &self.limits)?;
+        st.check_entry_room(cluster, node, None, &self.limits)?;
 
         // Gather, decide.
         let ttl = st.ttl;
@@ -34,6 +34,16 @@ impl Membership {
         let own = cs.and_then(|c| c.nodes.get(node));
         let other_expects = cs.map(|c| c.other_expects(node)).unwrap_or_default();
         let cluster_identity = cs.and_then(|c| c.identity());
+        let no_live_server_for = cs.and_then(|c| c.no_live_server_for(now, st.grace_from));
+        let live_names: Vec<String> = match (cs, no_live_server_for) {
+            (Some(c), Some(_)) => {
+                let mut names: Vec<String> =
+                    c.nodes.keys().filter(|n| *n != node).cloned().collect();
+                names.sort_unstable();
+                names
+            }
+            _ => Vec::new(),
+        };
         let raft = cs.and_then(|c| c.raft.as_ref()).map(|r| KnownRaft {
             generation: r.generation,
             expect: r.expect,
@@ -45,7 +55,9 @@ impl Membership {
             expect: request.expect,
             agent_only: request.agent_only,
             own_claim: own.and_then(|e| e.claim.as_ref()).map(|c| c.role),
-            others: cs.map(|c| c.others(node)).unwrap_or_default(),
+            others: cs
+                .map(|c| c.others(node, ttl, timing.interval, now))
+                .unwrap_or_default(),
             uptime: now.saturating_duration_since(st.grace_from),
             startup_grace: timing.startup_grace,
             last_seen_ago: cs
@@ -76,6 +88,9 @@ impl Membership {
             reported_raft: request.raft.as_ref(),
             cluster_raft: cluster_identity.as_ref(),
             two_rafts: cs.and_then(|c| c.two_rafts.as_ref()).map(|(a, b)| (a, b)),
+            no_live_server_for,
+            raft_lost_after: timing.raft_lost_after,
+            live_names: &live_names,
         };
         let decision = rules::decide(&inputs);
         let (rule, role, generation, reason) = match decision {
@@ -97,6 +112,10 @@ impl Membership {
                 retry_after,
             } => return Err(self.refuse(st, cluster, node, rule, conflict, message, retry_after)),
         };
+        // Which bound the cluster counts against depends on the decision: a bootstrap makes it
+        // a bootstrapped record, anything else leaves it live or as it was.
+        let bootstrapped_after = generation.is_some() || cs.is_some_and(|c| c.is_bootstrapped());
+        let make_room = st.check_cluster_room(cluster, bootstrapped_after, &self.limits)?;
         // Once the raft is known its stored size counts; a claim that says otherwise is told.
         let expect = raft
             .as_ref()
@@ -136,6 +155,9 @@ impl Membership {
         let changed_claim = own.and_then(|e| e.claim.as_ref()).is_none_or(|c| {
             c.role != record.role || c.address != record.address || c.expect != record.expect
         });
+        if let Some(spare) = make_room {
+            st.forget_cluster(&spare, &self.store)?;
+        }
         if let Some(grant) = &new_grant {
             self.store.put_grant(cluster, grant)?;
         }
@@ -162,6 +184,8 @@ impl Membership {
             if let Some(cs) = st.clusters.get_mut(cluster) {
                 cs.last_generation = grant.generation;
                 cs.raft = None;
+                cs.raft_view = None;
+                cs.server_last_seen = None;
                 cs.grant = Some(grant);
             }
         }
@@ -181,11 +205,12 @@ impl Membership {
         metrics::counter!("rollcall_claims_total", "result" => role.as_str()).increment(1);
         st.record_decision(cluster, node, role.as_str(), &format!("[{rule}] {reason}"));
         self.publish(st);
-        let durability = if changed_claim || generation.is_some() {
-            Durability::FlushBeforeAnswer
-        } else {
-            Durability::NoWait
-        };
+        // Every claim answer waits for the store, a repeated one too: the same answer again
+        // may repeat a decision whose write is still on its way (the first answer's client
+        // gave up waiting), and must not be given before that write is durable. With nothing
+        // new queued this is a wait for the commit in flight, if any. Claims are rare (a
+        // starting node's), so the cost does not matter.
+        let durability = Durability::FlushBeforeAnswer;
         Ok((
             ClaimResponse {
                 cluster: cluster.to_string(),
@@ -239,6 +264,7 @@ impl Membership {
             Conflict::Expect => ErrorCode::ExpectConflict,
             Conflict::ResetRequired => ErrorCode::ResetRequired,
             Conflict::WrongRaft => ErrorCode::WrongRaft,
+            Conflict::RaftLost => ErrorCode::RaftLost,
         };
         tracing::warn!(cluster, node, %rule, %code, reason = %message, "claim refused");
         metrics::counter!("rollcall_claims_total", "result" => code.as_str()).increment(1);

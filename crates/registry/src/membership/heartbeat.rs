@@ -1,10 +1,14 @@
 //! The heartbeat write: register or renew a member, learn the cluster's raft from it, refuse a
 //! member of another raft.
 
-use rollcall_protocol::{ErrorCode, HeartbeatRequest, HeartbeatResponse};
+use rollcall_protocol::{
+    Absence, ErrorCode, HeartbeatRequest, HeartbeatResponse, MemberRole, RaftChange,
+    RaftChangeKind, RaftMember,
+};
 use tokio::time::Instant;
 
-use super::state::{self, change_of, Change, LiveMember};
+use super::slots::meta_bytes;
+use super::state::{self, change_of, Change, LiveMember, State};
 use super::{ms, unix_ms_now, Durability, Membership, RefusedError};
 use crate::store::{HistoryRecord, MemberRecord};
 
@@ -15,9 +19,14 @@ impl Membership {
         &self,
         cluster: &str,
         node: &str,
-        hb: HeartbeatRequest,
+        mut hb: HeartbeatRequest,
     ) -> Result<(HeartbeatResponse, Durability), RefusedError> {
         let now = Instant::now();
+        // The leader's view of the raft; any other member's list is not used.
+        let view = hb
+            .raft_members
+            .take()
+            .filter(|_| hb.status.as_ref().and_then(|s| s.is_leader) == Some(true));
         let mut st = self.lock();
         self.observe(&mut st, now);
         st.expire_due(now, &self.store);
@@ -103,16 +112,17 @@ impl Membership {
             if let Some(live) = entry.member.as_mut() {
                 live.last_heartbeat = now;
             }
-            drop(st);
+            let (answer, changes) = self.answer(&mut st, cluster, node, false, view, now);
+            self.publish(st);
             metrics::counter!("rollcall_heartbeats_total", "result" => "renewed").increment(1);
-            return Ok((
-                self.heartbeat_response(cluster, node, false),
-                Durability::NoWait,
-            ));
+            log_raft_changes(cluster, &changes);
+            return Ok((answer, Durability::NoWait));
         }
 
-        // Gather.
-        st.check_room(cluster, node, &self.limits)?;
+        // Gather. After a heartbeat the cluster's raft is known, so it holds a bootstrapped
+        // record; a reset cluster with nothing live may make room for it.
+        st.check_entry_room(cluster, node, Some(meta_bytes(&hb.meta)), &self.limits)?;
+        let make_room = st.check_cluster_room(cluster, true, &self.limits)?;
         let registered_at_unix_ms = previous.map_or_else(unix_ms_now, |r| r.registered_at_unix_ms);
         if let (Change::AddressOrRole, Some(rec)) = (change, previous) {
             tracing::info!(cluster, node, old_address = %rec.address, address = %hb.address, old_role = %rec.role, role = %hb.role, "member changed its address or role");
@@ -131,6 +141,9 @@ impl Membership {
             history
         });
         // Persist.
+        if let Some(spare) = make_room {
+            st.forget_cluster(&spare, &self.store)?;
+        }
         if change != Change::Nothing {
             self.store.put_member(cluster, node, &record)?;
         }
@@ -141,10 +154,11 @@ impl Membership {
         let registered_as =
             (change == Change::Registers).then(|| (record.address.clone(), record.role));
         let index = st.bump_index();
-        st.touch(cluster, node, now).member = Some(LiveMember {
+        let live = LiveMember {
             record,
             last_heartbeat: now,
-        });
+        };
+        st.put_member(cluster, node, live, now);
         if let Some(cs) = st.clusters.get_mut(cluster) {
             cs.index = index;
             if let Some(raft) = &learn {
@@ -159,8 +173,11 @@ impl Membership {
         } else {
             "renewed"
         };
+        let (answer, changes) =
+            self.answer(&mut st, cluster, node, registered_as.is_some(), view, now);
         metrics::counter!("rollcall_heartbeats_total", "result" => result).increment(1);
         self.publish(st);
+        log_raft_changes(cluster, &changes);
         // Logged once the lock is released: writing a log line is slow.
         if let Some((address, role)) = &registered_as {
             tracing::info!(cluster, node, address, %role, "member registered");
@@ -178,19 +195,101 @@ impl Membership {
             (Change::StatusOrMeta | Change::Nothing, None) => Durability::NoWait,
             _ => Durability::FlushBeforeAnswer,
         };
-        Ok((
-            self.heartbeat_response(cluster, node, registered_as.is_some()),
-            durability,
-        ))
+        Ok((answer, durability))
     }
 
-    fn heartbeat_response(&self, cluster: &str, node: &str, registered: bool) -> HeartbeatResponse {
-        HeartbeatResponse {
+    /// The answer to a heartbeat of `node`, whose entry is filed: a leader's view is taken
+    /// (its changes returned, to be logged once the lock is released) and answered with the
+    /// absence evidence; an agent is told whether a server slot is open. Neither is answered
+    /// within the startup grace, when live members may not have re-registered yet.
+    fn answer(
+        &self,
+        st: &mut State,
+        cluster: &str,
+        node: &str,
+        registered: bool,
+        view: Option<Vec<RaftMember>>,
+        now: Instant,
+    ) -> (HeartbeatResponse, Vec<RaftChange>) {
+        let (ttl, events) = (st.ttl, st.events);
+        let grace_end = st.grace_from + self.timing.startup_grace;
+        let past_grace = now >= grace_end;
+        let mut absent: Vec<Absence> = Vec::new();
+        let mut changes = Vec::new();
+        let mut server_slot_open = false;
+        let mut event = false;
+        let mut expect = None;
+        if let Some(cs) = st.clusters.get_mut(cluster) {
+            expect = cs.raft.as_ref().and_then(|r| r.expect);
+            if let Some(members) = view {
+                if past_grace {
+                    absent = cs.absent(node, &members, ttl, now, grace_end);
+                }
+                let differs;
+                (changes, differs) = cs.take_view(node, members, now);
+                event = differs;
+            }
+            let is_agent = cs
+                .nodes
+                .get(node)
+                .and_then(|e| e.member.as_ref())
+                .is_some_and(|m| m.record.role == MemberRole::Agent);
+            if is_agent && past_grace {
+                server_slot_open =
+                    cs.server_slot_open(node, ttl, self.timing.interval, now, events);
+            }
+        }
+        if event {
+            st.events += 1;
+        }
+        let answer = HeartbeatResponse {
             cluster: cluster.to_string(),
             node: node.to_string(),
             registered,
             ttl_ms: ms(self.timing.ttl),
             interval_ms: ms(self.timing.interval),
+            absent,
+            server_slot_open,
+            expect,
+        };
+        (answer, changes)
+    }
+}
+
+/// Logs and counts the changes between two consecutive views of a cluster's raft.
+fn log_raft_changes(cluster: &str, changes: &[RaftChange]) {
+    for c in changes {
+        let (id, member, leader) = (c.id.as_str(), c.name.as_str(), c.reporter.as_str());
+        match c.kind {
+            RaftChangeKind::Removed => {
+                metrics::counter!("rollcall_raft_members_removed_total").increment(1);
+                tracing::warn!(
+                    cluster,
+                    member,
+                    id,
+                    leader,
+                    "raft member {member} ({id}) left the raft, as leader {leader} reports"
+                );
+            }
+            RaftChangeKind::Added => {
+                metrics::counter!("rollcall_raft_members_added_total").increment(1);
+                tracing::info!(
+                    cluster,
+                    member,
+                    id,
+                    leader,
+                    "raft member {member} ({id}) joined the raft, as leader {leader} reports"
+                );
+            }
+            RaftChangeKind::Promoted => {
+                tracing::info!(
+                    cluster,
+                    member,
+                    id,
+                    leader,
+                    "raft member {member} ({id}) became a voter, as leader {leader} reports"
+                );
+            }
         }
     }
 }

@@ -13,19 +13,27 @@
 //! - `rules.rs`: the claim rules, a pure function with table tests; `claim.rs` applies them.
 //! - `heartbeat.rs`: the heartbeat write.
 //! - `state.rs`: the state in memory and the changes every write shares.
+//! - `slots.rs`: the bounds on clusters, members and metadata, and when a cluster is forgotten.
 //! - `expiry.rs`: the expiry index.
 //! - `views.rs`: the read side (members, clusters, join targets).
-//! - `operator.rs`: the operator's reset.
+//! - `operator.rs`: the operator's reset and resize.
+//! - `raft_view.rs`: the raft's membership as its leader reports it, the absence evidence the
+//!   leader's cleanup needs, and the slots of members the leader reports disconnected.
+//! - `changes.rs`: who is woken by a change (the event stream by every one, a blocking read
+//!   only by its own cluster's).
 //!
 //! Liveness: every node entry (a member, a claim or both) lives until its last heartbeat or
 //! claim plus the TTL; reads filter by that deadline, so nothing expired is ever returned
 //! between sweeps. One clock: `tokio::time::Instant`, so that tests can pause it.
 
+mod changes;
 mod claim;
 mod expiry;
 mod heartbeat;
 mod operator;
+mod raft_view;
 pub mod rules;
+mod slots;
 mod state;
 mod views;
 
@@ -37,7 +45,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::store::{RaftRecord, Store, StoreError};
+use changes::Changes;
+pub use changes::ClusterWatch;
 use state::{LiveMember, State};
+pub use views::{ClusterPanel, DashboardBounds, DashboardSnapshot};
 
 /// The timing rules of the registry. Validated by the config before they get here.
 #[derive(Debug, Clone, Copy)]
@@ -55,6 +66,9 @@ pub struct Timing {
     /// new one start. With a duration, a raft none of whose members was seen for that long
     /// may be replaced by a new one on the registry's own word.
     pub rebootstrap_after: Option<Duration>,
+    /// A known raft none of whose servers was live for this long is lost: claims are refused
+    /// `raft_lost`, naming the recovery and the reset. At least the TTL.
+    pub raft_lost_after: Duration,
 }
 
 /// A gap this long between two moments the registry ran (a sweep every 250 ms, or any
@@ -62,11 +76,18 @@ pub struct Timing {
 /// re-enters the startup grace. Far above any scheduling delay, far below any TTL allowed.
 pub const FREEZE_GAP: Duration = Duration::from_secs(2);
 
-/// Bounds on what one registry holds.
+/// Bounds on what one registry holds (how each counts: `slots.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Clusters with something live and no raft or grant.
     pub max_clusters: usize,
+    /// Clusters with a raft or a grant, and what resets left.
+    pub max_bootstrapped_clusters: usize,
     pub max_members_per_cluster: usize,
+    /// Members and claimants of every cluster together.
+    pub max_members: usize,
+    /// Bytes of metadata keys and values of every member record together.
+    pub max_metadata_bytes: usize,
 }
 
 /// Why a request was refused by the rules (as opposed to by validation).
@@ -103,9 +124,8 @@ pub struct Membership {
     limits: Limits,
     /// When this process loaded its state: the startup grace counts from here.
     started: Instant,
-    /// Carries a counter that grows with every membership change and every decision, so that
-    /// blocking reads and the dashboard's event stream wake up without polling.
-    changes: watch::Sender<u64>,
+    /// Wakes blocking reads (by cluster) and the event stream (on everything) without polling.
+    changes: Changes,
 }
 
 /// How many recent decisions the registry remembers for the dashboard.
@@ -180,10 +200,11 @@ impl Membership {
         }
         let (n_members, n_claims) = (loaded.members.len(), loaded.claims.len());
         for (cluster, node, record) in loaded.members {
-            state.touch(&cluster, &node, now).member = Some(LiveMember {
+            let live = LiveMember {
                 record,
                 last_heartbeat: now,
-            });
+            };
+            state.put_member(&cluster, &node, live, now);
         }
         for (cluster, node, record) in loaded.claims {
             state.touch(&cluster, &node, now).claim = Some(record);
@@ -202,6 +223,7 @@ impl Membership {
                 }
             }
         }
+        state.forget_unused_at_start(&store, &limits)?;
         state.index = 1;
         for cs in state.clusters.values_mut() {
             cs.index = 1;
@@ -214,14 +236,13 @@ impl Membership {
             ttl = %humantime::format_duration(timing.ttl),
             "loaded stored state; every stored member and claim gets a fresh TTL so that a restart expires nobody"
         );
-        let (changes, _) = watch::channel(0);
         Ok(Membership {
             state: Mutex::new(state),
             store,
             timing,
             limits,
             started: now,
-            changes,
+            changes: Changes::new(),
         })
     }
 
@@ -251,20 +272,33 @@ impl Membership {
         st
     }
 
-    /// Releases the lock and wakes whoever waits for a change, if anything changed.
+    /// Releases the lock and wakes whoever waits for a change, if anything changed: the
+    /// watchers of each cluster whose index moved, and the followers of every change.
     fn publish(&self, st: MutexGuard<'_, State>) {
+        self.changes.wake_clusters(&st);
         let events = st.events;
         drop(st);
-        self.changes.send_if_modified(|seen| {
-            let changed = *seen != events;
-            *seen = events;
-            changed
-        });
+        self.changes.wake_all(events);
     }
 
-    /// A receiver that sees a new value after every membership change or decision.
+    /// A receiver that sees a new value after every membership change or decision, in any
+    /// cluster (the event stream's).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+        self.changes.subscribe_all()
+    }
+
+    /// The change counter now: it moves with every membership change or decision (the
+    /// dashboard's render cache compares it).
+    pub fn events(&self) -> u64 {
+        *self.changes.subscribe_all().borrow()
+    }
+
+    /// A watch of `cluster`'s index, woken only when that index moves, and the index now.
+    /// Taken under the lock, so a change after it is never missed.
+    pub fn watch_cluster(&self, cluster: &str) -> (ClusterWatch, u64) {
+        let st = self.lock();
+        let index = st.clusters.get(cluster).map_or(0, |c| c.index);
+        (self.changes.watch_cluster(cluster, index), index)
     }
 
     /// Notices a freeze before anything is decided (see `State::observe`), and logs it.
@@ -308,13 +342,20 @@ impl Membership {
         };
         let mut history = cs.history(now);
         history.last_seen_unix_ms = Some(unix_ms_now());
+        // The last entry of a cluster without a raft or grant: the cluster frees its slot.
+        let frees_slot = cs.nodes.len() == 1 && !cs.has_record();
         self.store.delete_member(cluster, node)?;
         self.store.delete_claim(cluster, node)?;
-        self.store.put_history(cluster, &history)?;
+        if !frees_slot {
+            self.store.put_history(cluster, &history)?;
+        }
         if let Some(entry) = st.remove_entry(cluster, node, now) {
             st.expiry.remove(entry.filed);
             entry.log_removed(cluster, node, "member left; its claim, if any, is released");
             metrics::counter!("rollcall_leaves_total").increment(1);
+        }
+        if let Err(e) = st.forget_if_unused(cluster, &self.store) {
+            tracing::warn!(cluster, error = %e, "could not delete a freed cluster's history from storage; it is forgotten again after a restart");
         }
         self.publish(st);
         Ok(Durability::FlushBeforeAnswer)

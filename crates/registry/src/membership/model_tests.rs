@@ -112,6 +112,7 @@ fn timing() -> Timing {
         startup_grace: Duration::from_secs(4),
         quiet_period: TTL,
         rebootstrap_after: None,
+        raft_lost_after: Duration::from_secs(300),
     }
 }
 
@@ -123,6 +124,9 @@ fn open(dir: &std::path::Path) -> Membership {
                 let limits = Limits {
                     max_clusters: 100,
                     max_members_per_cluster: 100,
+                    max_bootstrapped_clusters: 100,
+                    max_members: 10_000,
+                    max_metadata_bytes: 1 << 20,
                 };
                 return Membership::open(store, timing(), limits).expect("open membership");
             }
@@ -215,6 +219,7 @@ impl Harness {
                     })
                 };
                 let hb = HeartbeatRequest {
+                    raft_members: None,
                     address: address(node),
                     role,
                     status: None,

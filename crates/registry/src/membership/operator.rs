@@ -1,8 +1,10 @@
 //! Operator actions on a cluster: the reset that lets a new raft start once the old one is
-//! gone for good. The registry never does this on its own (unless `--rebootstrap-after` says
-//! so): a raft that went quiet may still run.
+//! gone for good, and the resize of a known raft. The registry never resets on its own (unless
+//! `--rebootstrap-after` says so): a raft that went quiet may still run.
 
-use rollcall_protocol::{ErrorCode, ResetRequest, ResetResponse};
+use rollcall_protocol::{
+    ErrorCode, ResetRequest, ResetResponse, ResizeRequest, ResizeResponse, ResizeSummary,
+};
 use tokio::time::Instant;
 
 use super::{unix_ms_now, Durability, Membership, RefusedError};
@@ -37,6 +39,9 @@ impl Membership {
                 retry_after: None,
             });
         }
+        // A cluster that never had a raft or grant keeps nothing of its reset (a record would
+        // take a bootstrapped slot it never held).
+        let had_record = cs.has_record();
         let mut live: Vec<String> = cs.nodes.keys().cloned().collect();
         live.sort_unstable();
         let unnamed: Vec<&str> = live
@@ -88,11 +93,18 @@ impl Membership {
         }
         if let Some(cs) = st.clusters.get_mut(cluster) {
             cs.raft = None;
+            cs.raft_view = None;
+            cs.server_last_seen = None;
             cs.last_seen = None;
             cs.identity_learned_at = None;
             cs.two_rafts = None;
             cs.last_generation = history.last_generation;
             cs.last_reset = Some(record);
+        }
+        if !had_record {
+            if let Err(e) = st.forget_cluster(cluster, &self.store) {
+                tracing::warn!(cluster, error = %e, "could not delete a freed cluster's history from storage; it is forgotten again after a restart");
+            }
         }
         metrics::counter!("rollcall_resets_total").increment(1);
         st.record_decision(
@@ -119,6 +131,96 @@ impl Membership {
                 from_generation: current,
                 next_generation,
                 forgot: live,
+                reason,
+            },
+            Durability::FlushBeforeAnswer,
+        ))
+    }
+
+    /// Changes the known raft's size (`expect`): the server slots follow at once (a growth
+    /// opens slots that new nodes and `server_slot_open` agents take; a shrink is followed by
+    /// `rollcall-sidecar leave` on the members to remove). A compare-and-set on the raft's
+    /// generation; 404 while no raft is known. Stored in the cluster's history, flushed
+    /// before the answer.
+    pub fn resize(
+        &self,
+        cluster: &str,
+        request: &ResizeRequest,
+    ) -> Result<(ResizeResponse, Durability), RefusedError> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        self.observe(&mut st, now);
+        st.expire_due(now, &self.store);
+        let Some(raft) = st.clusters.get(cluster).and_then(|c| c.raft.as_ref()) else {
+            return Err(RefusedError::NotFound(format!(
+                "cluster {cluster:?} has no known raft to resize (no member heartbeated since its last grant); a claim's expect sets the size of a raft that is forming"
+            )));
+        };
+        if request.generation != raft.generation {
+            return Err(RefusedError::Conflict {
+                code: ErrorCode::GenerationMismatch,
+                message: format!(
+                    "cluster {cluster}'s raft is generation {}, not {}; nothing was resized (GET /v1/clusters/{cluster} shows raft.generation)",
+                    raft.generation, request.generation
+                ),
+                retry_after: None,
+            });
+        }
+        let (generation, from_expect) = (raft.generation, raft.expect);
+        let reason = request
+            .reason
+            .clone()
+            .unwrap_or_else(|| "no reason given".to_string());
+        let Some(cs) = st.clusters.get(cluster) else {
+            unreachable!("the cluster's raft was found just above")
+        };
+        let mut history = cs.history(now);
+        if let Some(raft) = history.raft.as_mut() {
+            raft.expect = Some(request.expect);
+        }
+
+        // Persist.
+        self.store.put_history(cluster, &history)?;
+
+        // Apply.
+        let record = ResizeSummary {
+            at_unix_ms: unix_ms_now(),
+            from_expect,
+            expect: request.expect,
+            reason: reason.clone(),
+        };
+        if let Some(cs) = st.clusters.get_mut(cluster) {
+            if let Some(raft) = cs.raft.as_mut() {
+                raft.expect = Some(request.expect);
+            }
+            cs.last_resize = Some(record);
+        }
+        let from = from_expect.map_or_else(|| "unknown".to_string(), |e| e.to_string());
+        metrics::counter!("rollcall_resizes_total").increment(1);
+        st.record_decision(
+            cluster,
+            "-",
+            "resize",
+            &format!(
+                "[resize] an operator resized raft generation {generation} from expect={from} to expect={} ({reason})",
+                request.expect
+            ),
+        );
+        self.publish(st);
+        tracing::warn!(
+            cluster,
+            generation,
+            from_expect = %from,
+            expect = request.expect,
+            reason = %reason,
+            "raft resized by an operator: the server slots follow the new size"
+        );
+        Ok((
+            ResizeResponse {
+                cluster: cluster.to_string(),
+                generation,
+                from_expect,
+                expect: request.expect,
                 reason,
             },
             Durability::FlushBeforeAnswer,

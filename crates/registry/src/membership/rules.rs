@@ -19,13 +19,17 @@
 //! | `startup-grace`     | the registry started (or resumed) less than the grace ago       | 503, wait          |
 //! | `agent-only`        | the node asked to be an agent only                              | `agent`            |
 //! | `expect-conflict`   | the raft is not known and live claims asked another `expect`    | 409, wait          |
+//! | `raft-lost`         | the raft is known and no server heartbeated for `--raft-lost-after` (unless `rebootstrap-after` applies) | 409, wait |
 //! | `slots-full`        | live servers already fill expect                                | `agent`            |
-//! | `take-slot`         | some servers are live, fewer than expect                        | `server`           |
+//! | `take-slot`         | some servers are live, fewer than expect (a live server the leader reports disconnected for an interval, silent since, holds no slot) | `server` |
 //! | `no-live-server`    | members or claims are live, but no server                       | 503, wait          |
 //! | `rebootstrap-after` | the raft is known, and gone longer than `--rebootstrap-after`   | `bootstrap`        |
 //! | `reset-required`    | the raft is known (it had a raft): only an operator's reset     | 409, wait          |
 //! | `quiet-period`      | nothing is live, but the last member left within the quiet period | 503, wait        |
 //! | `bootstrap`         | none of the above                                               | `bootstrap`        |
+//!
+//! Over 500 lines because the whole decision is here, in the order of the table above, so
+//! that the rules are readable in one place; their table of cases is in `rules/tests.rs`.
 
 use std::time::Duration;
 
@@ -43,6 +47,7 @@ pub enum Rule {
     StartupGrace,
     AgentOnly,
     ExpectConflict,
+    RaftLost,
     SlotsFull,
     TakeSlot,
     NoLiveServer,
@@ -54,7 +59,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order [`decide`] tries them.
-    pub const ALL: [Rule; 16] = [
+    pub const ALL: [Rule; 17] = [
         Rule::TwoRafts,
         Rule::WrongRaft,
         Rule::AddressConflict,
@@ -64,6 +69,7 @@ impl Rule {
         Rule::StartupGrace,
         Rule::AgentOnly,
         Rule::ExpectConflict,
+        Rule::RaftLost,
         Rule::SlotsFull,
         Rule::TakeSlot,
         Rule::NoLiveServer,
@@ -86,6 +92,7 @@ impl Rule {
             Rule::ExpectConflict => "expect-conflict",
             Rule::SlotsFull => "slots-full",
             Rule::TakeSlot => "take-slot",
+            Rule::RaftLost => "raft-lost",
             Rule::NoLiveServer => "no-live-server",
             Rule::RebootstrapAfter => "rebootstrap-after",
             Rule::ResetRequired => "reset-required",
@@ -109,8 +116,11 @@ pub struct Others {
     /// Entries that heartbeat (members in a running agent).
     pub members: usize,
     /// Entries that hold a server slot: a bootstrap or server claim, or a member reporting
-    /// `server`.
+    /// `server`, unless the raft's leader reports it disconnected.
     pub servers: usize,
+    /// Live servers that hold no slot because the raft's leader (its view received within one
+    /// TTL) reports them disconnected: their replacements take their slots.
+    pub disconnected: usize,
 }
 
 /// Everything a claim decision depends on.
@@ -159,6 +169,14 @@ pub struct ClaimInputs<'a> {
     pub cluster_raft: Option<&'a RaftIdentity>,
     /// Two rafts that reported themselves under the name while the registry relearned it.
     pub two_rafts: Option<(&'a RaftIdentity, &'a RaftIdentity)>,
+    /// How long no server of the cluster has been live (counted at most from the registry's
+    /// start or resumption), while none is; `None` while one is.
+    pub no_live_server_for: Option<Duration>,
+    /// `--raft-lost-after`: a known raft without a live server for this long is lost.
+    pub raft_lost_after: Duration,
+    /// The other live entries by name, for the words of a `raft-lost` refusal (filled only
+    /// when no server is live).
+    pub live_names: &'a [String],
 }
 
 /// What the registry knows of a cluster's raft once it is known.
@@ -192,6 +210,8 @@ pub enum Conflict {
     ResetRequired,
     /// The claimant belongs to another raft than the cluster's.
     WrongRaft,
+    /// The cluster's raft has had no live server for `--raft-lost-after`.
+    RaftLost,
 }
 
 /// What [`decide`] answers.
@@ -263,6 +283,33 @@ fn refuse(rule: Rule, conflict: Conflict, message: String, retry_after: Duration
 
 fn wall_clock(unix_ms: u64) -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(unix_ms))
+}
+
+/// The words of a `raft-lost` refusal: what is known, and both ways forward.
+fn raft_lost_message(i: &ClaimInputs<'_>, raft: &KnownRaft, gone: Duration) -> String {
+    /// Beyond this many live names, the message counts them instead of listing them.
+    const MAX_NAMED: usize = 20;
+    let cluster = i.cluster;
+    let generation = raft.generation;
+    let force = if i.live_names.is_empty() {
+        String::new()
+    } else if i.live_names.len() <= MAX_NAMED {
+        format!(
+            " --force {} (the live agents, forgotten with the raft)",
+            i.live_names.join(",")
+        )
+    } else {
+        format!(
+            " --force <all {} live agents, listed by GET /v1/clusters/{cluster}>",
+            i.live_names.len()
+        )
+    };
+    format!(
+        "the raft of cluster {cluster} (generation {generation}) is lost: no server of it has been live for {} (--raft-lost-after {}), and {} live member(s) or claimant(s) wait on it. If a survivor still has its data, restart it with ROLLCALL_FORCE_NEW_CLUSTER=1: it starts a one-member raft from that data and the others join it. If no data is left, reset the cluster: rollcall-registry reset {cluster} --generation {generation}{force}, or POST /v1/clusters/{cluster}/reset; the next claim then bootstraps a new raft",
+        human(gone),
+        human(i.raft_lost_after),
+        i.others.any,
+    )
 }
 
 /// Mode determination: the rules of the table above, tried in order.
@@ -370,6 +417,23 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
             );
         }
     }
+    // Counted on heartbeating servers only: a server claim is a node still joining, and
+    // joiners of a raft whose servers are all gone would otherwise hold its slots, and keep
+    // it looking alive, for as long as they keep claiming.
+    if let (Some(raft), Some(gone)) = (i.raft, i.no_live_server_for) {
+        // With nothing live and `--rebootstrap-after` passed, that rule's new raft is the
+        // operator's stated wish; `raft-lost` gives way to it.
+        let rebootstrap = o.any == 0
+            && matches!((i.rebootstrap_after, i.last_seen_ago), (Some(after), Some(ago)) if ago >= after);
+        if gone >= i.raft_lost_after && !rebootstrap {
+            return refuse(
+                Rule::RaftLost,
+                Conflict::RaftLost,
+                raft_lost_message(i, raft, gone),
+                i.interval,
+            );
+        }
+    }
     let expect = i.raft.and_then(|r| r.expect).unwrap_or(i.expect);
     if o.servers >= expect as usize {
         return grant(
@@ -382,11 +446,19 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
         );
     }
     if o.servers > 0 {
+        let replaces = if o.disconnected > 0 {
+            format!(
+                " ({} more live server(s) the raft's leader reports disconnected hold no slot: {node} takes the place of one, and its sidecar waits for the leader to remove the dead member)",
+                o.disconnected
+            )
+        } else {
+            String::new()
+        };
         return grant(
             Rule::TakeSlot,
             GrantedRole::Server,
             format!(
-                "{} of expect={expect} server slots are taken; {node} takes another and joins the live servers",
+                "{} of expect={expect} server slots are taken{replaces}; {node} takes another and joins the live servers",
                 o.servers
             ),
         );

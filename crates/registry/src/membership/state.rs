@@ -1,16 +1,24 @@
 //! The registry's state in memory, and the changes to it that every write shares: filing and
-//! refreshing an entry, removing it, expiring what is due, and the limits on what is held.
+//! refreshing an entry, removing it, expiring what is due. The limits on what is held, and
+//! when a cluster is forgotten, are in `slots.rs`.
 //! Nothing here decides a claim (that is `rules.rs`) or talks to a client.
+//!
+//! Just over 500 lines: every field of the state is documented where it is declared, which
+//! is where a reader of the claim rules looks them up.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use rollcall_protocol::{AgentStatus, GrantedRole, HeartbeatRequest, MemberRole, RaftIdentity};
+use rollcall_protocol::{
+    AgentStatus, GrantedRole, HeartbeatRequest, MemberRole, RaftChange, RaftIdentity, ResizeSummary,
+};
 use tokio::time::Instant;
 
 use super::expiry::{ExpiryIndex, Filed};
+use super::raft_view::RaftView;
 use super::rules::Others;
-use super::{unix_ms_now, DecisionRecord, Limits, RefusedError, RECENT_DECISIONS};
+use super::slots::meta_bytes;
+use super::{unix_ms_now, DecisionRecord, RECENT_DECISIONS};
 use crate::store::{
     ClaimRecord, GrantRecord, HistoryRecord, MemberRecord, RaftRecord, ResetRecord, Store,
 };
@@ -37,6 +45,12 @@ pub(super) struct State {
     pub last_ran: Instant,
     /// The startup grace counts from here: the start, or the end of the last freeze.
     pub grace_from: Instant,
+    /// Node entries of every cluster together, for `--max-members`: kept by `touch` and
+    /// `remove_entry` so that the bound costs no scan.
+    pub n_entries: usize,
+    /// Bytes of metadata (keys and values) of every member record, for `--max-metadata-bytes`:
+    /// kept by `put_member` and `remove_entry`.
+    pub meta_bytes: usize,
 }
 
 /// One cluster.
@@ -68,7 +82,29 @@ pub(super) struct ClusterState {
     pub two_rafts: Option<(RaftIdentity, RaftIdentity)>,
     /// The global index at this cluster's last membership change, for blocking reads.
     pub index: u64,
+    /// When each node was last live (a member record or a claim), kept when its entry expires
+    /// or leaves: the registry's half of the evidence for a dead-member cleanup (`absent` in
+    /// the leader's heartbeat answer). In memory, at most [`SEEN_NAMES`] names (the oldest go).
+    pub seen: HashMap<String, Instant>,
+    /// When a server member (one that heartbeated) was last live, for `raft-lost`. In memory: after a
+    /// restart, absence counts from the start.
+    pub server_last_seen: Option<Instant>,
+    /// The raft's membership as its leader last reported it (see `raft_view.rs`).
+    pub raft_view: Option<RaftView>,
+    /// The last [`RAFT_CHANGES`] changes between the leader's consecutive views, oldest first.
+    pub raft_changes: VecDeque<RaftChange>,
+    /// The operator's last resize, for people (in memory; the size itself is in the history).
+    pub last_resize: Option<ResizeSummary>,
+    /// The number of live entries holding a server slot (as `others` counts them) at the
+    /// event count (and freshness of the leader's view) it was computed at: an agent's heartbeat answers `server_slot_open` from it
+    /// without scanning the cluster while nothing changes.
+    pub slot_count: Option<((u64, bool), usize)>,
 }
+
+/// Most names a cluster's last-seen map keeps.
+pub const SEEN_NAMES: usize = 256;
+/// Most raft changes a cluster keeps for people.
+pub const RAFT_CHANGES: usize = 16;
 
 /// A live node: it heartbeats, holds a claim, or both.
 #[derive(Debug)]
@@ -149,6 +185,11 @@ impl NodeEntry {
     /// The role of its claim for a log line, `none` without one.
     pub fn claim_name(&self) -> &'static str {
         self.claim.as_ref().map_or("none", |c| c.role.as_str())
+    }
+
+    /// A member that heartbeats as `server` (a claim does not make one).
+    pub fn is_server_member(&self) -> bool {
+        self.member.as_ref().map(|m| m.record.role) == Some(MemberRole::Server)
     }
 
     /// A bootstrap or server claim, or a member reporting `server`.
@@ -247,8 +288,23 @@ impl ClusterState {
     }
 
     /// What is live besides `node`. Expired entries were removed by `expire_due` just before
-    /// this is called.
-    pub fn others(&self, node: &str) -> Others {
+    /// this is called. A server the raft's leader reports disconnected for at least one
+    /// `interval` (in a view received within `ttl`) holds no slot, unless it has heartbeated
+    /// since its disconnection began, not saying it is out of the raft: its own heartbeat is
+    /// the fresher word (a task replaced at a new address reconnects within seconds, while
+    /// the leader's views are an interval apart, and a node granted its slot meanwhile would
+    /// wait for a cleanup that never comes). A dead member's last heartbeat comes before its
+    /// death, and so before the leader saw it go.
+    pub fn others(&self, node: &str, ttl: Duration, interval: Duration, now: Instant) -> Others {
+        let disconnected = self.disconnected(ttl, interval, now);
+        let gone = |name: &str, e: &NodeEntry| {
+            disconnected.iter().any(|(n, since)| {
+                *n == name
+                    && !e.member.as_ref().is_some_and(|m| {
+                        m.last_heartbeat > *since && m.record.status.in_raft != Some(false)
+                    })
+            })
+        };
         let mut o = Others::default();
         for (name, e) in &self.nodes {
             if name == node {
@@ -259,10 +315,30 @@ impl ClusterState {
                 o.members += 1;
             }
             if e.holds_server_slot() {
-                o.servers += 1;
+                if gone(name, e) {
+                    o.disconnected += 1;
+                } else {
+                    o.servers += 1;
+                }
             }
         }
         o
+    }
+
+    /// Remembers when `node` was last live, keeping at most [`SEEN_NAMES`] names.
+    fn remember_seen(&mut self, node: &str, seen: Instant) {
+        let at = self.seen.entry(node.to_string()).or_insert(seen);
+        *at = (*at).max(seen);
+        if self.seen.len() > SEEN_NAMES {
+            if let Some(oldest) = self
+                .seen
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(name, _)| name.clone())
+            {
+                self.seen.remove(&oldest);
+            }
+        }
     }
 }
 
@@ -277,6 +353,8 @@ impl State {
             ttl,
             last_ran: now,
             grace_from: now,
+            n_entries: 0,
+            meta_bytes: 0,
         }
     }
 
@@ -296,6 +374,12 @@ impl State {
                 entry.last_refresh += gap;
             }
             if let Some(seen) = cs.last_seen.as_mut() {
+                *seen += gap;
+            }
+            for seen in cs.seen.values_mut() {
+                *seen += gap;
+            }
+            if let Some(seen) = cs.server_last_seen.as_mut() {
                 *seen += gap;
             }
         }
@@ -338,12 +422,16 @@ impl State {
         }
         let deadline = now + self.ttl;
         let Self {
-            clusters, expiry, ..
+            clusters,
+            expiry,
+            n_entries,
+            ..
         } = self;
         let Some(cs) = clusters.get_mut(cluster) else {
             unreachable!("the cluster was inserted just above")
         };
         if !cs.nodes.contains_key(node) {
+            *n_entries += 1;
             let filed = expiry.file(cluster, node, deadline);
             cs.nodes.insert(
                 node.to_string(),
@@ -362,13 +450,35 @@ impl State {
         entry
     }
 
+    /// Files `node`'s member record (creating or refreshing its entry), keeping the count of
+    /// metadata bytes.
+    pub fn put_member(&mut self, cluster: &str, node: &str, live: LiveMember, now: Instant) {
+        let added = meta_bytes(&live.record.meta);
+        let entry = self.touch(cluster, node, now);
+        let removed = entry
+            .member
+            .replace(live)
+            .map_or(0, |old| meta_bytes(&old.record.meta));
+        self.meta_bytes = (self.meta_bytes + added).saturating_sub(removed);
+    }
+
     /// Removes an entry from memory (not from the store or the expiry index: the caller either
     /// popped it from the index or unfiles it) and records when it was last live.
     pub fn remove_entry(&mut self, cluster: &str, node: &str, seen: Instant) -> Option<NodeEntry> {
         let index = self.bump_index();
         let cs = self.clusters.get_mut(cluster)?;
         let entry = cs.nodes.remove(node)?;
+        self.n_entries = self.n_entries.saturating_sub(1);
+        if let Some(live) = &entry.member {
+            self.meta_bytes = self
+                .meta_bytes
+                .saturating_sub(meta_bytes(&live.record.meta));
+        }
         cs.last_seen = Some(cs.last_seen.map_or(seen, |s| s.max(seen)));
+        cs.remember_seen(node, seen);
+        if entry.is_server_member() {
+            cs.server_last_seen = Some(cs.server_last_seen.map_or(seen, |s| s.max(seen)));
+        }
         if entry.member.is_some() {
             cs.index = index;
         }
@@ -402,10 +512,18 @@ impl State {
                 tracing::warn!(cluster, node, error = %e, "could not delete an expired entry from storage; it will come back with a fresh TTL after a restart");
             }
             if let Some(entry) = self.remove_entry(&cluster, &node, last_refresh) {
-                if let Some(cs) = self.clusters.get(&cluster) {
-                    if let Err(e) = store.put_history(&cluster, &cs.history(now)) {
-                        tracing::warn!(cluster, error = %e, "could not store when the cluster was last seen");
+                match self.clusters.get(&cluster) {
+                    Some(cs) if cs.is_unused() => {
+                        if let Err(e) = self.forget_cluster(&cluster, store) {
+                            tracing::warn!(cluster, error = %e, "could not delete a freed cluster's history from storage; it is forgotten again after a restart");
+                        }
                     }
+                    Some(cs) => {
+                        if let Err(e) = store.put_history(&cluster, &cs.history(now)) {
+                            tracing::warn!(cluster, error = %e, "could not store when the cluster was last seen");
+                        }
+                    }
+                    None => {}
                 }
                 n_expired += 1;
                 metrics::counter!("rollcall_expiries_total").increment(1);
@@ -417,32 +535,5 @@ impl State {
             }
         }
         n_expired
-    }
-
-    /// Refuses a new cluster or member beyond the limits; known ones always pass.
-    pub fn check_room(
-        &self,
-        cluster: &str,
-        node: &str,
-        limits: &Limits,
-    ) -> Result<(), RefusedError> {
-        match self.clusters.get(cluster) {
-            None if self.clusters.len() >= limits.max_clusters => {
-                Err(RefusedError::LimitExceeded(format!(
-                    "the registry holds its limit of {} clusters; cluster {cluster:?} cannot be added",
-                    limits.max_clusters
-                )))
-            }
-            Some(cs)
-                if !cs.nodes.contains_key(node)
-                    && cs.nodes.len() >= limits.max_members_per_cluster =>
-            {
-                Err(RefusedError::LimitExceeded(format!(
-                    "cluster {cluster:?} holds its limit of {} members; {node:?} cannot be added",
-                    limits.max_members_per_cluster
-                )))
-            }
-            _ => Ok(()),
-        }
     }
 }

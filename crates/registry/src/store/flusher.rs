@@ -113,6 +113,7 @@ pub(super) fn lose(lost: &OnceLock<String>, message: String) -> StoreError {
     StoreError {
         message,
         disk_full: false,
+        unavailable: false,
     }
 }
 
@@ -122,6 +123,7 @@ pub(super) fn io_error(what: &str, e: std::io::Error) -> StoreError {
     StoreError {
         message: format!("{what}: {}", inner.message),
         disk_full: inner.disk_full,
+        unavailable: false,
     }
 }
 

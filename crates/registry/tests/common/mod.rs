@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod etcd;
+
 use clap::Parser;
 use rollcall_protocol::{ClientError, ErrorCode, RegistryClient};
 
@@ -237,6 +239,17 @@ impl TestRegistry {
             .text()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: reading the body: {e}"))
+    }
+
+    /// `rollcall_limit_refusals_total{limit="<limit>"}` from `/metrics`: how often that bound
+    /// refused something. Panics when the series is missing (every limit is registered at 0).
+    pub async fn limit_refusals(&self, limit: &str) -> u64 {
+        let text = self.get_text("/metrics").await;
+        let series = format!("rollcall_limit_refusals_total{{limit=\"{limit}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no series {series:?} in /metrics"))
     }
 
     pub fn client(&self) -> RegistryClient {

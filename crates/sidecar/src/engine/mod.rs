@@ -13,10 +13,14 @@ pub mod consul;
 pub mod etcd;
 pub mod exec;
 
+pub use consul::host_interfaces;
+
 use std::future::Future;
 use std::time::Duration;
 
-use rollcall_protocol::{AgentStatus, MemberRole, RaftIdentity};
+use rollcall_protocol::{
+    Absence, AgentStatus, HeartbeatResponse, MemberRole, RaftIdentity, RaftMember,
+};
 
 use crate::config::{EngineKind, Settings};
 use crate::exit::Exit;
@@ -61,6 +65,15 @@ impl StartPlan {
             | StartPlan::Restart { join } => join,
         }
     }
+}
+
+/// What a restart from data learns from the raft before the agent starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestartCheck {
+    /// Restart from the data (the member is in the raft, or nothing says otherwise).
+    Rejoin,
+    /// A live member of the same raft no longer lists this member: it was removed. Why.
+    Removed(String),
 }
 
 /// Where an engine finds join targets beyond those granted at start: etcd asks again between
@@ -144,6 +157,37 @@ impl Engine {
         }
     }
 
+    /// Before a restart from data: asks the live servers `join` whether this member (the IDs
+    /// the identity file recorded) is still in the raft, and (etcd) updates its peer URL
+    /// there when it changed with its address. Only etcd can tell; the others rejoin.
+    pub async fn check_restart(
+        &self,
+        join: &[String],
+        recorded: Option<&crate::raft_identity::MemberIds>,
+    ) -> RestartCheck {
+        match self {
+            Engine::Etcd(e) => e.check_restart(join, recorded).await,
+            Engine::Consul(_) | Engine::Exec(_) => RestartCheck::Rejoin,
+        }
+    }
+
+    /// Called by the member loop while a server is healthy, until it answers once: etcd
+    /// makes sure the raft lists this member at its current peer URL and returns the
+    /// member's IDs for the identity file. `None` for the other engines.
+    pub async fn confirm_own_member(&self) -> Option<crate::raft_identity::MemberIds> {
+        match self {
+            Engine::Etcd(e) => e.confirm_own_member().await,
+            Engine::Consul(_) | Engine::Exec(_) => None,
+        }
+    }
+
+    /// The `expect` of the registry's claim answer, which a join uses over `--expect`.
+    pub fn use_claimed_expect(&self, expect: u32) {
+        if let Engine::Etcd(e) = self {
+            e.use_claimed_expect(expect);
+        }
+    }
+
     /// Reads the agent's health; `role` is the role it was started as. Only reads: what to
     /// do about the answer is the caller's.
     pub async fn health(&self, role: MemberRole) -> Health {
@@ -172,6 +216,59 @@ impl Engine {
             Engine::Consul(e) => e.status().await,
             Engine::Etcd(e) => e.status(role).await,
             Engine::Exec(_) => None,
+        }
+    }
+
+    /// The raft's membership as this member sees it, for the heartbeat's `raft_members`;
+    /// the leader's adds its evidence (`connected`, `disconnected_for_ms`). etcd answers what
+    /// its last [`Engine::status`] read; `None` when the member cannot tell (a client agent
+    /// or gateway, or the raft cannot be read).
+    pub async fn raft_members(&self, role: MemberRole) -> Option<Vec<RaftMember>> {
+        match self {
+            Engine::Consul(e) => e.raft_members(role).await,
+            Engine::Etcd(e) => e.raft_members(),
+            Engine::Exec(_) => None,
+        }
+    }
+
+    /// The registry's heartbeat interval, once a claim's answer gives it (Consul's Autopilot
+    /// timing follows it). Call before [`Engine::prepare`].
+    pub fn set_registry_interval(&self, interval: Duration) {
+        if let Engine::Consul(e) = self {
+            e.set_registry_interval(interval);
+        }
+    }
+
+    /// After a heartbeat the registry accepted: the leader's sidecar removes a dead member
+    /// when the evidence says so (`absent` in the answer; `expect` the raft's size;
+    /// `threshold` is `--dead-member-after`). etcd: `engine/etcd/cleanup.rs`; Consul, where
+    /// Autopilot does not: `engine/consul/cleanup.rs`.
+    pub async fn after_heartbeat(
+        &self,
+        answer: &HeartbeatResponse,
+        expect: u32,
+        threshold: Duration,
+    ) {
+        match self {
+            Engine::Etcd(e) => e.after_heartbeat(answer, expect).await,
+            Engine::Consul(_) => {
+                let _ = self.consul_cleanup(&answer.absent, expect, threshold).await;
+            }
+            Engine::Exec(_) => {}
+        }
+    }
+
+    /// Consul: one dead-server cleanup pass on the leader's sidecar (what
+    /// [`Engine::after_heartbeat`] runs), returning what it did; `None` for the other engines.
+    pub async fn consul_cleanup(
+        &self,
+        absent: &[Absence],
+        expect: u32,
+        threshold: Duration,
+    ) -> Option<consul::CleanupOutcome> {
+        match self {
+            Engine::Consul(e) => Some(e.cleanup(absent, expect, threshold).await),
+            _ => None,
         }
     }
 

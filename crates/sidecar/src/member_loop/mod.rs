@@ -17,7 +17,14 @@
 //! [`crate::raft_identity`]); renewals also say the role the agent was started as, so that a
 //! registry that lost its data never tells it `bootstrap`. The first heartbeat the registry
 //! accepts is recorded in the identity file (`listed`). A refusal as another raft's ends the
-//! loop only when this member was never listed ([`LoopEnd::WrongRaft`]).
+//! loop only when this member was never listed ([`LoopEnd::WrongRaft`]). An agent whose
+//! server slot opens, or that stays unhealthy for the join timeout, ends the loop to
+//! re-decide its role ([`LoopEnd::Redecide`]).
+//!
+//! The first time a server is healthy, before its first heartbeat, the engine confirms its
+//! own member ([`Engine::confirm_own_member`]: etcd corrects a peer URL that changed with
+//! the address) and the member's IDs go to the identity file, so that a restart from this
+//! data can tell whether the member was removed from its raft meanwhile.
 //!
 //! This file does the I/O of each round (read the health, promote a learner, send, sleep
 //! or stop); what to do is decided by the state machine in [`state`].
@@ -32,6 +39,7 @@ use rollcall_protocol::{ClientError, ErrorCode, GrantedRole, MemberRole};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use self::state::RedecideRule;
 use self::state::{retry_pause, ClaimOutcome, HeartbeatOutcome, MemberState, Step};
 pub use self::state::{HEARTBEAT_RETRY_MAX, STARTING_HEALTH_POLL};
 use crate::engine::{Engine, Health};
@@ -55,6 +63,10 @@ pub struct MemberLoop {
     pub interval: Duration,
     /// The raft the agent belongs to, reported with heartbeats and renewals.
     pub identity: Arc<IdentityStore>,
+    /// When an agent re-decides its role (ignored for a server).
+    pub redecide: RedecideRule,
+    /// `--dead-member-after`: the leader's cleanup threshold.
+    pub dead_member_after: Duration,
 }
 
 /// Why the loop ended.
@@ -65,6 +77,9 @@ pub enum LoopEnd {
     /// The registry refused this member as another raft's and never listed it: the agent
     /// must stop and its data move aside. The registry's message.
     WrongRaft(String),
+    /// The agent must give up its role and claim afresh (a server slot opened, or it stayed
+    /// unhealthy for the join timeout): why.
+    Redecide(String),
 }
 
 impl MemberLoop {
@@ -76,7 +91,8 @@ impl MemberLoop {
             self.interval,
             Instant::now(),
             jittered,
-        );
+        )
+        .with_redecide(self.redecide);
         loop {
             let health = self.agent_health().await;
             let pause = match state.health_read(&health, Instant::now()) {
@@ -93,6 +109,9 @@ impl MemberLoop {
             if let Some(message) = state.leaving_raft() {
                 return LoopEnd::WrongRaft(message.to_string());
             }
+            if let Some(reason) = state.redeciding() {
+                return LoopEnd::Redecide(reason.to_string());
+            }
             if !pause_unless_stopped(pause, &mut stop).await {
                 return LoopEnd::Stopped;
             }
@@ -104,7 +123,14 @@ impl MemberLoop {
     /// refuses until it has caught up, so this is tried again each round until it works).
     async fn agent_health(&self) -> Result<(), String> {
         match self.engine.health(self.role).await {
-            Health::Healthy => Ok(()),
+            Health::Healthy => {
+                if self.role == MemberRole::Server {
+                    if let Some(ids) = self.engine.confirm_own_member().await {
+                        self.identity.record_member(&ids);
+                    }
+                }
+                Ok(())
+            }
             Health::Learner { member_id } => self.engine.promote_learner(&member_id).await,
             Health::Starting(reason) | Health::NotRunning(reason) => Err(reason),
         }
@@ -117,6 +143,7 @@ impl MemberLoop {
             .heartbeat(
                 self.role,
                 status,
+                self.engine.raft_members(self.role).await,
                 self.engine.meta(),
                 self.identity.identity(),
             )
@@ -124,9 +151,15 @@ impl MemberLoop {
         {
             Ok(answer) => {
                 self.identity.mark_listed();
+                // The leader's dead-member cleanup, on this answer's evidence.
+                let expect = answer.expect.unwrap_or_else(|| self.registry.raft_expect());
+                self.engine
+                    .after_heartbeat(&answer, expect, self.dead_member_after)
+                    .await;
                 HeartbeatOutcome::Accepted {
                     interval: interval_from_ms(answer.interval_ms),
                     registered: answer.registered,
+                    server_slot_open: answer.server_slot_open,
                 }
             }
             Err(ClientError::Api {

@@ -17,6 +17,12 @@
 //! when it never did, the loop ends and says so ([`MemberState::leaving_raft`]), and `run`
 //! stops the agent and moves its data aside.
 //!
+//! An agent (a gateway) re-decides its role ([`MemberState::redeciding`], see
+//! [`RedecideRule`]): when a heartbeat's answer says a server slot is open and the node may
+//! be a server, or when the agent has not been healthy for the rule's limit (the join
+//! timeout), counted from its start or from its last healthy reading (its join targets are
+//! all dead). The loop ends then, and `run` stops the agent, leaves and claims afresh.
+//!
 //! A little over 500 lines on purpose: the state machine and its table of rounds are read
 //! side by side.
 
@@ -52,9 +58,11 @@ pub enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeartbeatOutcome {
     /// Accepted. `registered`: the registry did not know the member (or it had expired).
+    /// `server_slot_open`: (to an agent) live servers are fewer than the raft wants.
     Accepted {
         interval: Duration,
         registered: bool,
+        server_slot_open: bool,
     },
     /// The registry could not be reached or failed (5xx): worth trying again soon.
     Unreachable(String),
@@ -79,6 +87,16 @@ pub enum ClaimOutcome {
         message: String,
         listed: bool,
     },
+}
+
+/// When an agent gives up its role and claims afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedecideRule {
+    /// The node may be a server (not `--agent-only`): an open server slot is its to take.
+    pub may_be_server: bool,
+    /// An agent not healthy for this long (`--join-timeout`) claims afresh: its join
+    /// targets are fixed at its start, and may all be dead.
+    pub unhealthy_limit: Duration,
 }
 
 /// Everything the loop's decisions depend on besides what it observes in a round.
@@ -110,6 +128,14 @@ pub struct MemberState {
     /// Set when the registry refused this member as another raft's and never listed it: the
     /// loop ends, and `run` stops the agent and moves its data aside. The registry's message.
     leaving_raft: Option<String>,
+    /// For an agent: when to re-decide its role; `None` for a server, or never.
+    redecide: Option<RedecideRule>,
+    /// Since when the agent has not been healthy: its start, or its last unhealthy reading
+    /// after a healthy one. `None` while healthy.
+    unhealthy_since: Option<Instant>,
+    /// Set when the agent must re-decide its role: the loop ends, and `run` stops the agent,
+    /// leaves the registry and claims afresh. Why.
+    redeciding: Option<String>,
     /// Shortens a pause by up to [`super::HEARTBEAT_JITTER`] to spread a fleet's requests;
     /// tests pass the identity.
     jitter: fn(Duration) -> Duration,
@@ -134,8 +160,24 @@ impl MemberState {
             failed_heartbeats: 0,
             failing_since: None,
             leaving_raft: None,
+            redecide: None,
+            unhealthy_since: Some(now),
+            redeciding: None,
             jitter,
         }
+    }
+
+    /// Makes an agent re-decide its role by `rule`; a server never does.
+    pub fn with_redecide(mut self, rule: RedecideRule) -> MemberState {
+        if self.role == MemberRole::Agent {
+            self.redecide = Some(rule);
+        }
+        self
+    }
+
+    /// Why this agent must re-decide its role, once it must. The loop ends when this is set.
+    pub fn redeciding(&self) -> Option<&str> {
+        self.redeciding.as_deref()
     }
 
     /// The registry's message when this member must leave its raft: refused as another
@@ -164,6 +206,7 @@ impl MemberState {
                 }
                 self.healthy = true;
                 self.ever_healthy = true;
+                self.unhealthy_since = None;
                 Step::Heartbeat
             }
             Err(reason) => {
@@ -171,6 +214,20 @@ impl MemberState {
                     warn!(%reason, "the agent is not healthy; heartbeats paused");
                 }
                 self.healthy = false;
+                let since = *self.unhealthy_since.get_or_insert(now);
+                if let Some(rule) = self.redecide {
+                    if self.redeciding.is_none()
+                        && now.duration_since(since) >= rule.unhealthy_limit
+                    {
+                        let reason = format!(
+                            "the agent has not been healthy for {} (--join-timeout), since it {}: its join targets may all be dead ({reason})",
+                            humantime::format_duration(rule.unhealthy_limit),
+                            if self.ever_healthy { "was last healthy" } else { "started" },
+                        );
+                        warn!(%reason, "re-deciding this node's role: stopping the agent, leaving the registry and claiming afresh");
+                        self.redeciding = Some(reason);
+                    }
+                }
                 if self.renew_claim && now >= self.next_claim {
                     Step::RenewClaim {
                         waiting_for: reason.clone(),
@@ -189,7 +246,16 @@ impl MemberState {
             HeartbeatOutcome::Accepted {
                 interval,
                 registered,
+                server_slot_open,
             } => {
+                if server_slot_open
+                    && self.redeciding.is_none()
+                    && self.redecide.is_some_and(|rule| rule.may_be_server)
+                {
+                    let reason = "the registry says a server slot is open (live servers are fewer than the raft wants)".to_string();
+                    info!(%reason, "re-deciding this node's role: stopping the agent, leaving the registry and claiming afresh");
+                    self.redeciding = Some(reason);
+                }
                 if let Some(since) = self.failing_since.take() {
                     info!(
                         n_failed = self.failed_heartbeats,
@@ -313,6 +379,7 @@ mod tests {
         HeartbeatOutcome::Accepted {
             interval,
             registered: false,
+            server_slot_open: false,
         }
     }
 
@@ -537,5 +604,68 @@ mod tests {
             state.heartbeat_answered(accepted(4 * SECOND), at),
             2 * SECOND
         );
+    }
+
+    #[test]
+    fn an_agent_re_decides_on_an_open_slot_or_after_the_join_timeout_unhealthy() {
+        let t0 = Instant::now();
+        let rule = |may_be_server| RedecideRule {
+            may_be_server,
+            unhealthy_limit: 10 * SECOND,
+        };
+        let slot_open = HeartbeatOutcome::Accepted {
+            interval: SECOND,
+            registered: false,
+            server_slot_open: true,
+        };
+        let agent = |may_be_server| {
+            MemberState::new(
+                MemberRole::Agent,
+                Some(GrantedRole::Agent),
+                SECOND,
+                t0,
+                no_jitter,
+            )
+            .with_redecide(rule(may_be_server))
+        };
+
+        // An open slot: an agent that may be a server re-decides; an --agent-only one and
+        // a server do not.
+        let mut state = agent(true);
+        state.health_read(&Ok(()), t0);
+        state.heartbeat_answered(slot_open.clone(), t0);
+        assert!(state
+            .redeciding()
+            .is_some_and(|r| r.contains("server slot is open")));
+        let mut state = agent(false);
+        state.health_read(&Ok(()), t0);
+        state.heartbeat_answered(slot_open.clone(), t0);
+        assert_eq!(state.redeciding(), None);
+        let mut server = granted_server(t0).with_redecide(rule(true));
+        server.health_read(&Ok(()), t0);
+        server.heartbeat_answered(slot_open, t0);
+        server.health_read(&starting(), t0 + 60 * SECOND);
+        assert_eq!(server.redeciding(), None);
+
+        // Never healthy since its start: re-decides at the limit, not before.
+        let mut state = agent(false);
+        state.health_read(&starting(), t0 + 9 * SECOND);
+        assert_eq!(state.redeciding(), None);
+        state.health_read(&starting(), t0 + 10 * SECOND);
+        assert!(state
+            .redeciding()
+            .is_some_and(|r| r.contains("since it started")));
+
+        // Healthy for a while, then not: counted from the first unhealthy reading.
+        let mut state = agent(true);
+        state.health_read(&Ok(()), t0 + 9 * SECOND);
+        state.heartbeat_answered(accepted(SECOND), t0 + 9 * SECOND);
+        state.health_read(&starting(), t0 + 12 * SECOND);
+        state.health_read(&starting(), t0 + 21 * SECOND);
+        assert_eq!(state.redeciding(), None);
+        state.health_read(&starting(), t0 + 22 * SECOND);
+        assert!(state
+            .redeciding()
+            .is_some_and(|r| r.contains("since it was last healthy")));
     }
 }

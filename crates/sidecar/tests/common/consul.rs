@@ -10,10 +10,14 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
-/// One call the stand-in answered: the path and the `X-Consul-Token` it carried.
+/// One call the stand-in answered: the method, path, query, body and the `X-Consul-Token`
+/// it carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsulCall {
+    pub method: String,
     pub path: String,
+    pub query: Option<String>,
+    pub body: String,
     pub token: Option<String>,
 }
 
@@ -32,7 +36,8 @@ pub struct FakeConsul {
 }
 
 impl FakeConsul {
-    /// Serves `answers` (path → status and body); any other path answers 404.
+    /// Serves `answers` (path → status and body; a `GET` by its path, another method as
+    /// `"PUT /v1/..."`); any other call answers 404.
     pub async fn start(
         answers: &[(&str, u16, String)],
         required_token: Option<&str>,
@@ -58,6 +63,15 @@ impl FakeConsul {
         FakeConsul { url, state }
     }
 
+    /// Changes one answer (the same key as in `start`): the same Consul at a later moment.
+    pub fn set_answer(&self, key: &str, status: u16, body: String) {
+        self.state
+            .lock()
+            .expect("lock")
+            .answers
+            .insert(key.to_string(), (status, body));
+    }
+
     pub fn calls(&self) -> Vec<ConsulCall> {
         self.state.lock().expect("lock").calls.clone()
     }
@@ -68,14 +82,23 @@ async fn answer(
     request: Request,
 ) -> impl IntoResponse {
     let path = request.uri().path().to_string();
+    let query = request.uri().query().map(str::to_string);
+    let method = request.method().to_string();
     let token = request
         .headers()
         .get("X-Consul-Token")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let mut state = state.lock().expect("lock");
     state.calls.push(ConsulCall {
+        method: method.clone(),
         path: path.clone(),
+        query,
+        body,
         token: token.clone(),
     });
     let needs_token = !path.starts_with("/v1/status/");
@@ -87,7 +110,12 @@ async fn answer(
         .expect("fixture");
         return (StatusCode::FORBIDDEN, denied);
     }
-    match state.answers.get(&path) {
+    let key = if method == "GET" {
+        path
+    } else {
+        format!("{method} {path}")
+    };
+    match state.answers.get(&key) {
         Some((status, body)) => (StatusCode::from_u16(*status).expect("status"), body.clone()),
         None => (StatusCode::NOT_FOUND, "404 page not found".to_string()),
     }

@@ -28,8 +28,23 @@ impl EtcdNode {
         }
     }
 
+    /// A node with explicit ports and data directory: the same node restarted at another
+    /// address (new ports, same data), or a node that must keep its ports.
+    pub fn at(name: &str, data_dir: PathBuf, client_port: u16, peer_port: u16) -> EtcdNode {
+        EtcdNode {
+            name: name.to_string(),
+            client_port,
+            peer_port,
+            data_dir,
+        }
+    }
+
     pub fn client_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
     }
 
     pub fn address(&self) -> String {
@@ -38,13 +53,20 @@ impl EtcdNode {
 
     /// The `rollcall-sidecar run --engine etcd` command for this node.
     pub fn sidecar_command(&self, registry_url: &str, cluster: &str, expect: u32) -> Command {
-        let mut command = sidecar(registry_url, cluster, &self.name);
+        self.sidecar_command_with(registry_url, cluster, expect, &[])
+    }
+
+    /// [`EtcdNode::sidecar_command`] with `extra` flags (none of those it sets already).
+    pub fn sidecar_command_with(
+        &self,
+        registry_url: &str,
+        cluster: &str,
+        expect: u32,
+        extra: &[&str],
+    ) -> Command {
+        let mut command = self.sidecar_environment(registry_url, cluster, expect);
+        command.args(extra);
         command
-            .args(["--advertise", &self.address()])
-            .args(["--etcd-peer-port", &self.peer_port.to_string()])
-            .args(["--engine", "etcd", "--expect", &expect.to_string()])
-            .arg("--data-dir")
-            .arg(&self.data_dir)
             .args([
                 "--stop-timeout",
                 "5s",
@@ -57,6 +79,19 @@ impl EtcdNode {
         command
     }
 
+    /// `rollcall-sidecar` with the flags this node's `run` has (who it is, where, its data),
+    /// for another subcommand (`leave`) to add its own and its name.
+    pub fn sidecar_environment(&self, registry_url: &str, cluster: &str, expect: u32) -> Command {
+        let mut command = sidecar(registry_url, cluster, &self.name);
+        command
+            .args(["--advertise", &self.address()])
+            .args(["--etcd-peer-port", &self.peer_port.to_string()])
+            .args(["--engine", "etcd", "--expect", &expect.to_string()])
+            .arg("--data-dir")
+            .arg(&self.data_dir);
+        command
+    }
+
     pub fn start_sidecar(
         &self,
         registry_url: &str,
@@ -64,9 +99,21 @@ impl EtcdNode {
         expect: u32,
         logs: &Path,
     ) -> ProcessGuard {
+        self.start_sidecar_with(registry_url, cluster, expect, logs, &[])
+    }
+
+    /// [`EtcdNode::start_sidecar`] with `extra` flags.
+    pub fn start_sidecar_with(
+        &self,
+        registry_url: &str,
+        cluster: &str,
+        expect: u32,
+        logs: &Path,
+        extra: &[&str],
+    ) -> ProcessGuard {
         ProcessGuard::spawn(
             &format!("sidecar {}", self.name),
-            self.sidecar_command(registry_url, cluster, expect),
+            self.sidecar_command_with(registry_url, cluster, expect, extra),
             unique(logs.join(format!("sidecar-{}.log", self.name))),
         )
     }
@@ -146,6 +193,38 @@ impl Etcd {
         Some(members)
     }
 
+    /// Every member with its peer URLs, sorted by name.
+    pub async fn member_list(&self, base: &str) -> Option<Vec<ListedMember>> {
+        let v = self
+            .post(base, "/v3/cluster/member/list", json!({}))
+            .await?;
+        let mut members: Vec<ListedMember> = v["members"]
+            .as_array()?
+            .iter()
+            .map(|m| ListedMember {
+                id: m["ID"].as_str().unwrap_or_default().to_string(),
+                name: m["name"].as_str().unwrap_or_default().to_string(),
+                peer_urls: m["peerURLs"]
+                    .as_array()
+                    .map(|urls| {
+                        urls.iter()
+                            .filter_map(|u| u.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                learner: m["isLearner"].as_bool().unwrap_or(false),
+            })
+            .collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(members)
+    }
+
+    /// The members' names, sorted (a member added and never started has an empty name).
+    pub async fn member_names(&self, base: &str) -> Option<Vec<String>> {
+        let members = self.members(base).await?;
+        Some(members.into_iter().map(|(_, name, _)| name).collect())
+    }
+
     pub async fn put(&self, base: &str, key: &str, value: &str) -> bool {
         self.post(
             base,
@@ -168,6 +247,16 @@ impl Etcd {
         let value = v["kvs"].as_array()?.first()?["value"].as_str()?;
         String::from_utf8(b64_decode(value)?).ok()
     }
+}
+
+/// One member as etcd's member list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedMember {
+    /// Decimal, as the JSON gateway writes it.
+    pub id: String,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub learner: bool,
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -25,9 +25,27 @@ pub use self::etcd::*;
 #[allow(unused_imports)]
 pub use self::registry::*;
 
-/// A port that was free a moment ago: for etcd's ports (etcd binds them itself) and for
-/// addresses where nothing must answer. Never for the registry, which binds first.
+/// Ports each test process takes its etcd ports from: a block of its own, below the kernel's
+/// ephemeral range (32768 and up), chosen by its pid. A port from `bind(…:0)` is free only
+/// until someone else binds it, and with many tests forming rafts at once another test's
+/// etcd took such a port first (a peer URL that answered with a client port's 404).
+const PORT_BLOCK: u16 = 40;
+const PORT_BLOCKS_START: u16 = 10_000;
+const PORT_BLOCKS: u32 = 500;
+
+/// A port that was free a moment ago and that no other test process hands out: for etcd's
+/// ports (etcd binds them itself) and for addresses where nothing must answer. Never for the
+/// registry, which binds first. Falls back to an ephemeral port when the block is full.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let block = PORT_BLOCKS_START + (std::process::id() % PORT_BLOCKS) as u16 * PORT_BLOCK;
+    for _ in 0..PORT_BLOCK {
+        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % PORT_BLOCK;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("an ephemeral port")

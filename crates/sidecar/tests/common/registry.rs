@@ -173,6 +173,32 @@ impl TestRegistry {
             .then_some(())
     }
 
+    /// Waits until every node of `nodes` is healthy, the first lists them all as named voters
+    /// and this registry lists as many servers of `cluster` in the raft.
+    pub async fn until_voters_listed(
+        &self,
+        etcd: &super::Etcd,
+        nodes: &[super::EtcdNode],
+        cluster: &str,
+    ) {
+        poll_until(
+            Duration::from_secs(60),
+            "every node a voter in the raft, listed by the registry",
+            || async move {
+                for node in nodes {
+                    if !etcd.healthy(&node.client_url()).await {
+                        return None;
+                    }
+                }
+                let members = etcd.members(&nodes[0].client_url()).await?;
+                let voters = members.iter().filter(|m| !m.2 && !m.1.is_empty()).count();
+                (voters == nodes.len() && self.servers_in_raft(cluster).await.len() == nodes.len())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Live servers of `cluster` whose heartbeat says they are in the raft.
     pub async fn servers_in_raft(&self, cluster: &str) -> Vec<String> {
         let Some(members) = self.members(cluster).await else {

@@ -37,6 +37,9 @@ fn base() -> ClaimInputs<'static> {
         reported_raft: None,
         cluster_raft: None,
         two_rafts: None,
+        no_live_server_for: None,
+        raft_lost_after: 300 * S,
+        live_names: &[],
     }
 }
 
@@ -67,6 +70,20 @@ fn others(any: usize, members: usize, servers: usize) -> Others {
         any,
         members,
         servers,
+        disconnected: 0,
+    }
+}
+
+/// A known raft whose servers were all gone for `gone`, with `live` other entries (agents).
+fn lost(gone: Duration, live: usize) -> ClaimInputs<'static> {
+    ClaimInputs {
+        raft: Some(&KNOWN),
+        grant: Some(GRANT),
+        last_generation: Some(1),
+        last_seen_ago: Some(gone),
+        others: others(live, live, 0),
+        no_live_server_for: Some(gone),
+        ..base()
     }
 }
 
@@ -427,6 +444,82 @@ fn cases() -> Vec<Case> {
             role: Some(Agent),
         },
         Case {
+            name: "three live servers, one the leader reports disconnected: its slot is free",
+            inputs: ClaimInputs {
+                raft: Some(&KNOWN),
+                others: Others {
+                    any: 3,
+                    members: 3,
+                    servers: 2,
+                    disconnected: 1,
+                },
+                ..b()
+            },
+            rule: Rule::TakeSlot,
+            role: Some(Server),
+        },
+        Case {
+            name: "live agents wait on a raft whose servers are gone past --raft-lost-after",
+            inputs: lost(300 * S, 2),
+            rule: Rule::RaftLost,
+            role: None,
+        },
+        Case {
+            name: "live agents, servers gone less than --raft-lost-after: the raft may come back",
+            inputs: lost(299 * S, 2),
+            rule: Rule::NoLiveServer,
+            role: None,
+        },
+        Case {
+            name:
+                "nothing live, servers gone past --raft-lost-after: lost, not only reset-required",
+            inputs: lost(300 * S, 0),
+            rule: Rule::RaftLost,
+            role: None,
+        },
+        Case {
+            name: "nothing live, servers gone less than --raft-lost-after",
+            inputs: lost(299 * S, 0),
+            rule: Rule::ResetRequired,
+            role: None,
+        },
+        Case {
+            name: "a lost raft past --rebootstrap-after with nothing live: that rule's new raft",
+            inputs: ClaimInputs {
+                rebootstrap_after: Some(600 * S),
+                ..lost(600 * S, 0)
+            },
+            rule: Rule::RebootstrapAfter,
+            role: Some(Bootstrap),
+        },
+        Case {
+            name: "a lost raft with live agents, even past --rebootstrap-after: still lost",
+            inputs: ClaimInputs {
+                rebootstrap_after: Some(600 * S),
+                ..lost(600 * S, 1)
+            },
+            rule: Rule::RaftLost,
+            role: None,
+        },
+        Case {
+            name: "a member restarting from its data is never refused raft-lost",
+            inputs: ClaimInputs {
+                started_as: Some(Server),
+                ..lost(3600 * S, 2)
+            },
+            rule: Rule::AlreadyStarted,
+            role: Some(Server),
+        },
+        Case {
+            name: "an agent-only node is an agent even of a lost raft",
+            inputs: ClaimInputs {
+                agent_only: true,
+                ..lost(3600 * S, 2)
+            },
+            rule: Rule::AgentOnly,
+            role: Some(Agent),
+        },
+        Case {
             name: "a known raft gone longer than --rebootstrap-after",
             inputs: ClaimInputs {
                 raft: Some(&KNOWN),
@@ -574,4 +667,52 @@ fn readme_lists_every_rule_by_its_id_in_order() {
         tagged, ids,
         "README.md's rule list and rules::Rule::ALL differ"
     );
+}
+
+#[test]
+fn a_lost_raft_names_both_ways_forward() {
+    let agents = ["a1".to_string(), "a2".to_string()];
+    let inputs = ClaimInputs {
+        live_names: &agents,
+        ..lost(400 * S, 2)
+    };
+    match decide(&inputs) {
+        Decision::Refuse {
+            rule: Rule::RaftLost,
+            conflict: Conflict::RaftLost,
+            message,
+            retry_after,
+        } => {
+            assert_eq!(retry_after, 5 * S);
+            for needle in [
+                "ROLLCALL_FORCE_NEW_CLUSTER=1",
+                "rollcall-registry reset c1 --generation 1 --force a1,a2",
+                "6m 40s",
+                "--raft-lost-after 5m",
+            ] {
+                assert!(message.contains(needle), "{needle:?} not in {message}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_freed_slot_says_whose_place_it_is() {
+    let inputs = ClaimInputs {
+        raft: Some(&KNOWN),
+        others: Others {
+            any: 3,
+            members: 3,
+            servers: 2,
+            disconnected: 1,
+        },
+        ..base()
+    };
+    match decide(&inputs) {
+        Decision::Grant { reason, .. } => {
+            assert!(reason.contains("reports disconnected"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

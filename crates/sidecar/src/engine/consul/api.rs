@@ -5,10 +5,14 @@
 //!   Needs no ACL token.
 //! - `/v1/agent/self`: this agent's name, whether it is a server, its RPC address
 //!   (`agent:read` with ACLs).
-//! - `/v1/operator/raft/configuration`, or `/v1/operator/autopilot/health` when that fails:
-//!   the raft's servers and which of them vote (`operator:read` with ACLs). Autopilot keeps a
-//!   new server a non-voter for `server_stabilization_time` (10 s by default), and
-//!   `/v1/status/peers` lists non-voters too, so voters are counted from these.
+//! - `/v1/operator/autopilot/health`, or `/v1/operator/raft/configuration` when that fails:
+//!   the raft's servers, which of them vote, and (Autopilot) which are healthy, with the
+//!   raft's failure tolerance (`operator:read` with ACLs). Autopilot keeps a new server a
+//!   non-voter for `server_stabilization_time`, and `/v1/status/peers` lists non-voters too,
+//!   so voters are counted from these.
+//! - Writes, by the leader's sidecar only (`operator:write`):
+//!   `PUT /v1/operator/autopilot/configuration?cas=`, `PUT /v1/agent/force-leave/:node?prune`
+//!   and `DELETE /v1/operator/raft/peer?id=` (see `cleanup.rs`).
 
 use std::collections::HashMap;
 
@@ -75,17 +79,62 @@ impl ConsulApi {
         Ok(body)
     }
 
-    /// The raft's servers: the raft configuration, or Autopilot's view when that fails.
-    pub async fn raft_servers(&self) -> Result<Vec<RaftServer>, String> {
-        let configuration = match self.get("/v1/operator/raft/configuration", &[]).await {
-            Ok(body) => return parse_raft_configuration(&body),
-            Err(CallError::Unreachable(e) | CallError::Failed(e)) => e,
-        };
+    /// A `PUT` or `DELETE` (`path` with its query), with a JSON body for a `PUT`.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<String, CallError> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(token) = &self.token {
+            request = request.header(TOKEN_HEADER, token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CallError::Unreachable(format!("{method} {url}: {}", describe(&e))))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(CallError::Failed(format!(
+                "{method} {url} answered {status}: {}",
+                text.trim()
+            )));
+        }
+        Ok(text)
+    }
+
+    /// Autopilot's health of the raft (answered with 200, or 429 while unhealthy).
+    pub async fn autopilot_health(&self) -> Result<AutopilotHealth, String> {
         match self.get("/v1/operator/autopilot/health", &[429]).await {
-            Ok(body) => parse_autopilot_health(&body),
-            Err(CallError::Unreachable(e) | CallError::Failed(e)) => {
-                Err(format!("{configuration}; {e}"))
-            }
+            Ok(body) => parse_autopilot(&body),
+            Err(CallError::Unreachable(e) | CallError::Failed(e)) => Err(e),
+        }
+    }
+
+    /// The raft configuration.
+    pub async fn raft_configuration(&self) -> Result<Vec<RaftServer>, String> {
+        match self.get("/v1/operator/raft/configuration", &[]).await {
+            Ok(body) => parse_raft_configuration(&body),
+            Err(CallError::Unreachable(e) | CallError::Failed(e)) => Err(e),
+        }
+    }
+
+    /// The raft's servers with Autopilot's health when it answers: from the health when it
+    /// answers, else from the raft configuration.
+    pub async fn raft_servers(&self) -> Result<(Vec<RaftServer>, Option<AutopilotHealth>), String> {
+        let autopilot = match self.autopilot_health().await {
+            Ok(health) => return Ok((health.raft_servers(), Some(health))),
+            Err(e) => e,
+        };
+        match self.raft_configuration().await {
+            Ok(servers) => Ok((servers, None)),
+            Err(e) => Err(format!("{autopilot}; {e}")),
         }
     }
 }
@@ -100,7 +149,11 @@ pub fn parse_leader(body: &str) -> Result<Option<String>, String> {
 /// One server of the raft, as the operator endpoints list it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaftServer {
-    /// The Consul node name.
+    /// The raft ID (the node ID, a UUID; the address in Consul 0.7): what
+    /// `DELETE /v1/operator/raft/peer?id=` takes.
+    pub id: String,
+    /// The Consul node name; `(unknown)` in the raft configuration for a stale server that
+    /// Consul no longer knows.
     pub node: String,
     /// The server RPC address, `ip:8300`: what `/v1/status/leader` names.
     pub address: String,
@@ -117,6 +170,8 @@ struct RawRaftConfiguration {
 
 #[derive(Deserialize)]
 struct RawRaftServer {
+    #[serde(rename = "ID", default)]
+    id: String,
     #[serde(rename = "Node", default)]
     node: String,
     #[serde(rename = "Address", default)]
@@ -135,6 +190,7 @@ pub fn parse_raft_configuration(body: &str) -> Result<Vec<RaftServer>, String> {
         .servers
         .into_iter()
         .map(|s| RaftServer {
+            id: s.id,
             node: s.node,
             address: s.address,
             leader: s.leader,
@@ -143,38 +199,119 @@ pub fn parse_raft_configuration(body: &str) -> Result<Vec<RaftServer>, String> {
         .collect())
 }
 
+/// `GET /v1/operator/autopilot/health`, as Autopilot's health of the raft.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutopilotHealth {
+    /// Whether every server is healthy (Consul answers 429 instead of 200 when not).
+    pub healthy: bool,
+    /// How many servers could fail without an outage.
+    pub failure_tolerance: u32,
+    pub servers: Vec<ServerHealth>,
+}
+
+/// One server in Autopilot's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerHealth {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    /// Serf's view of the server: `alive`, `leaving`, `left`, `failed`, or another word for
+    /// a server Serf does not know.
+    pub serf_status: String,
+    pub leader: bool,
+    pub voter: bool,
+    /// Healthy by the Autopilot configuration (`last_contact_threshold`,
+    /// `max_trailing_logs`).
+    pub healthy: bool,
+    /// `LastContact`: the time since the server's last contact with the leader.
+    pub last_contact: Option<String>,
+}
+
+impl AutopilotHealth {
+    /// The entry of the raft server `server`: by raft ID, else by address.
+    pub fn entry_for(&self, server: &RaftServer) -> Option<&ServerHealth> {
+        self.servers
+            .iter()
+            .find(|h| !server.id.is_empty() && h.id == server.id)
+            .or_else(|| {
+                self.servers
+                    .iter()
+                    .find(|h| h.id.is_empty() && h.address == server.address)
+            })
+    }
+
+    /// The servers as the raft lists them.
+    pub fn raft_servers(&self) -> Vec<RaftServer> {
+        self.servers
+            .iter()
+            .map(|s| RaftServer {
+                id: s.id.clone(),
+                node: s.name.clone(),
+                address: s.address.clone(),
+                leader: s.leader,
+                voter: s.voter,
+            })
+            .collect()
+    }
+}
+
 #[derive(Deserialize)]
 struct RawAutopilotHealth {
+    #[serde(rename = "Healthy", default)]
+    healthy: bool,
+    #[serde(rename = "FailureTolerance", default)]
+    failure_tolerance: u32,
     #[serde(rename = "Servers")]
     servers: Vec<RawAutopilotServer>,
 }
 
 #[derive(Deserialize)]
 struct RawAutopilotServer {
+    #[serde(rename = "ID", default)]
+    id: String,
     #[serde(rename = "Name", default)]
     name: String,
     #[serde(rename = "Address", default)]
     address: String,
+    #[serde(rename = "SerfStatus", default)]
+    serf_status: String,
     #[serde(rename = "Leader", default)]
     leader: bool,
     #[serde(rename = "Voter", default)]
     voter: bool,
+    #[serde(rename = "Healthy", default)]
+    healthy: bool,
+    #[serde(rename = "LastContact", default)]
+    last_contact: Option<String>,
 }
 
 /// `GET /v1/operator/autopilot/health` (the same body with 200 or, unhealthy, 429).
-pub fn parse_autopilot_health(body: &str) -> Result<Vec<RaftServer>, String> {
+pub fn parse_autopilot(body: &str) -> Result<AutopilotHealth, String> {
     let raw: RawAutopilotHealth = serde_json::from_str(body)
         .map_err(|e| format!("/v1/operator/autopilot/health has an unexpected shape: {e}"))?;
-    Ok(raw
-        .servers
-        .into_iter()
-        .map(|s| RaftServer {
-            node: s.name,
-            address: s.address,
-            leader: s.leader,
-            voter: s.voter,
-        })
-        .collect())
+    Ok(AutopilotHealth {
+        healthy: raw.healthy,
+        failure_tolerance: raw.failure_tolerance,
+        servers: raw
+            .servers
+            .into_iter()
+            .map(|s| ServerHealth {
+                id: s.id,
+                name: s.name,
+                address: s.address,
+                serf_status: s.serf_status,
+                leader: s.leader,
+                voter: s.voter,
+                healthy: s.healthy,
+                last_contact: s.last_contact,
+            })
+            .collect(),
+    })
+}
+
+/// `GET /v1/operator/autopilot/health`, as the raft's servers.
+pub fn parse_autopilot_health(body: &str) -> Result<Vec<RaftServer>, String> {
+    parse_autopilot(body).map(|health| health.raft_servers())
 }
 
 /// The parts of `GET /v1/agent/self` the sidecar reads.

@@ -36,6 +36,8 @@ pub struct ConsulArgs<'a> {
     /// joins tries again within seconds once that one listens, not after Consul's 30 s.
     pub retry_interval: Duration,
     pub join: &'a [String],
+    /// Servers: the `autopilot` block as an HCL fragment (`-hcl`), see `autopilot.rs`.
+    pub autopilot_hcl: Option<&'a str>,
     pub passthrough: &'a [String],
 }
 
@@ -66,6 +68,9 @@ pub fn agent_args(a: &ConsulArgs<'_>) -> Vec<String> {
     if a.server {
         args.push("-server".into());
         args.push(format!("-bootstrap-expect={}", a.expect));
+        if let Some(hcl) = a.autopilot_hcl {
+            args.push(format!("-hcl={hcl}"));
+        }
     }
     for target in a.join {
         args.push(format!("-retry-join={target}"));

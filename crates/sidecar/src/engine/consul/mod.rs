@@ -11,31 +11,53 @@
 //! - `host.rs`: what is learnt from the host once at start (interface addresses, the
 //!   advertised host's IP, the official image's config directory conventions).
 //! - `api.rs`: Consul's HTTP API (with the ACL token) and the parsing of its answers.
+//! - `autopilot.rs`: the Autopilot settings that fit the registry's timing, passed to every
+//!   server as `-hcl` and kept in the raft's stored configuration by the leader's sidecar.
+//! - `cleanup.rs`: the leader's view of the raft for heartbeats (`raft_members`) and the
+//!   dead-server cleanup where Autopilot cannot act.
 //!
 //! No Consul binary can be installed on the machines this was written on, so the parsing is
 //! tested against the responses Consul documents (tests/fixtures/consul), and the start-up
 //! conventions with a stand-in agent program (tests/consul_image.rs).
+//!
+//! Over 500 lines because it is the one place where the engine meets Consul's API: roles to
+//! command lines, health, status, `raft_members` and Autopilot's settings each call it; the
+//! pure parts live in `args.rs`, `api.rs`, `autopilot.rs` and `cleanup.rs`.
 
 mod api;
 mod args;
+mod autopilot;
+mod cleanup;
 mod host;
+
+pub use host::host_interfaces;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use rollcall_protocol::{AgentStatus, MemberRole};
-use tracing::info;
+use rollcall_protocol::{Absence, AgentStatus, MemberRole, RaftMember};
+use tracing::{debug, info, warn};
 
 pub use self::api::{
-    agent_status, is_non_voter, own_entry, parse_agent_self, parse_autopilot_health, parse_leader,
-    parse_raft_configuration, AgentSelf, CallError, ConsulApi, RaftServer, TOKEN_HEADER,
+    agent_status, is_non_voter, own_entry, parse_agent_self, parse_autopilot,
+    parse_autopilot_health, parse_leader, parse_raft_configuration, AgentSelf, AutopilotHealth,
+    CallError, ConsulApi, RaftServer, ServerHealth, TOKEN_HEADER,
 };
 pub use self::args::{agent_args, go_duration, reserved_flag, ConsulArgs};
+pub use self::autopilot::{
+    autopilot_hcl, autopilot_settings, autopilot_update, local_config_sets_autopilot,
+    parse_go_duration, AutopilotSettings,
+};
+pub use self::cleanup::{
+    decide, observe, raft_members, CleanupDecision, CleanupInputs, Removal, RemovalCall,
+    ServerView, Watch, UNKNOWN_NODE,
+};
 pub use self::host::{
-    advertise_ip, config_dir_wanted, host_interfaces, interface_ipv4, resolve_host,
-    write_local_config, AdvertiseSource,
+    advertise_ip, config_dir_wanted, interface_ipv4, resolve_host, write_local_config,
+    AdvertiseSource,
 };
 use super::agent_user::{self, AgentUser};
 use super::{dir_has_entries, AgentCommand, Health, StartPlan};
@@ -65,6 +87,26 @@ pub struct ConsulEngine {
     /// Whether the last status found this server a non-voter: the change is logged once,
     /// not on every heartbeat.
     was_non_voter: AtomicBool,
+    /// The registry's heartbeat interval in milliseconds (the Autopilot timing follows it).
+    registry_interval_ms: AtomicU64,
+    /// The last failure tolerance Autopilot reported (`u32::MAX`: none yet), logged on change.
+    failure_tolerance: AtomicU32,
+    /// `CONSUL_LOCAL_CONFIG` sets Autopilot itself: the sidecar leaves it alone.
+    operator_autopilot: bool,
+    /// The leader's watch (see `cleanup.rs`), and whether the stored Autopilot configuration
+    /// was brought to the sidecar's values since this sidecar became leader.
+    watch: Mutex<Watch>,
+    autopilot_written: AtomicBool,
+}
+
+/// What one cleanup pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CleanupOutcome {
+    /// Not the leader's sidecar, or the raft could not be read.
+    NotLeader,
+    Decided(CleanupDecision),
+    /// The removal call failed.
+    Failed(Removal, String),
 }
 
 impl ConsulEngine {
@@ -135,7 +177,34 @@ impl ConsulEngine {
                 http,
             },
             was_non_voter: AtomicBool::new(false),
+            registry_interval_ms: AtomicU64::new(
+                crate::member_loop::FALLBACK_HEARTBEAT_INTERVAL.as_millis() as u64,
+            ),
+            failure_tolerance: AtomicU32::new(u32::MAX),
+            operator_autopilot: local_config_sets_autopilot(
+                settings.consul_local_config.as_deref(),
+            ),
+            watch: Mutex::new(Watch::default()),
+            autopilot_written: AtomicBool::new(false),
         })
+    }
+
+    /// The registry's heartbeat interval, from the claim's answer: the Autopilot timing
+    /// follows it. Until set, the registry's default (5 s) is assumed.
+    pub fn set_registry_interval(&self, interval: Duration) {
+        self.registry_interval_ms.store(
+            u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn registry_interval(&self) -> Duration {
+        Duration::from_millis(self.registry_interval_ms.load(Ordering::Relaxed))
+    }
+
+    /// The Autopilot settings for `expect` at the registry's current interval.
+    pub fn autopilot_settings(&self, expect: u32) -> AutopilotSettings {
+        autopilot_settings(expect, self.registry_interval())
     }
 
     /// The base URL of the agent's HTTP API that the sidecar reads.
@@ -210,6 +279,11 @@ impl ConsulEngine {
         advertise_ip: IpAddr,
         config_dir: Option<String>,
     ) -> AgentCommand {
+        let hcl = (!self.operator_autopilot)
+            .then(|| autopilot_hcl(&self.autopilot_settings(self.expect)));
+        if self.operator_autopilot {
+            info!("CONSUL_LOCAL_CONFIG sets autopilot: the sidecar passes no autopilot block and leaves the raft's Autopilot configuration alone");
+        }
         AgentCommand {
             program: self.program.clone(),
             args: agent_args(&ConsulArgs {
@@ -228,6 +302,7 @@ impl ConsulEngine {
                 },
                 retry_interval: self.retry_interval,
                 join: plan.join(),
+                autopilot_hcl: hcl.as_deref(),
                 passthrough: &self.passthrough,
             }),
             env: vec![],
@@ -235,30 +310,56 @@ impl ConsulEngine {
         }
     }
 
+    /// Healthy once Consul sees a raft leader and, for a server Autopilot lists, once
+    /// Autopilot counts it healthy (in contact with the leader within
+    /// `last_contact_threshold`, at most `max_trailing_logs` behind). Where Autopilot's health
+    /// cannot be read (no `operator:read`) the leader alone decides, as before.
     pub async fn health(&self) -> Health {
         match self.api.get("/v1/status/leader", &[]).await {
-            Err(CallError::Unreachable(e)) => Health::NotRunning(e),
-            Err(CallError::Failed(e)) => Health::Starting(e),
+            Err(CallError::Unreachable(e)) => return Health::NotRunning(e),
+            Err(CallError::Failed(e)) => return Health::Starting(e),
             Ok(body) => match parse_leader(&body) {
-                Ok(Some(_)) => Health::Healthy,
-                Ok(None) => Health::Starting("consul sees no raft leader yet".into()),
-                Err(e) => Health::Starting(e),
+                Ok(Some(_)) => {}
+                Ok(None) => return Health::Starting("consul sees no raft leader yet".into()),
+                Err(e) => return Health::Starting(e),
             },
         }
+        let Some(agent) = self.agent_self().await.filter(|a| a.server) else {
+            return Health::Healthy;
+        };
+        let Ok(health) = self.api.autopilot_health().await else {
+            return Health::Healthy;
+        };
+        let servers = health.raft_servers();
+        match own_entry(&servers, &agent).and_then(|own| health.entry_for(own)) {
+            Some(own) if !own.healthy => Health::Starting(format!(
+                "autopilot counts this server unhealthy (last contact with the leader {}, Serf {})",
+                own.last_contact.as_deref().unwrap_or("unknown"),
+                own.serf_status
+            )),
+            _ => Health::Healthy,
+        }
+    }
+
+    async fn agent_self(&self) -> Option<AgentSelf> {
+        self.api
+            .get("/v1/agent/self", &[])
+            .await
+            .ok()
+            .and_then(|b| parse_agent_self(&b).ok())
     }
 
     pub async fn status(&self) -> Option<AgentStatus> {
         let leader = parse_leader(&self.api.get("/v1/status/leader", &[]).await.ok()?).ok()?;
-        let agent = self
-            .api
-            .get("/v1/agent/self", &[])
-            .await
-            .ok()
-            .and_then(|b| parse_agent_self(&b).ok());
-        let servers = match &agent {
+        let agent = self.agent_self().await;
+        let read = match &agent {
             Some(agent) if agent.server => self.api.raft_servers().await.ok(),
             _ => None,
         };
+        let servers = read.as_ref().map(|(servers, _)| servers.clone());
+        if let Some(health) = read.as_ref().and_then(|(_, health)| health.as_ref()) {
+            self.note_failure_tolerance(health);
+        }
         if let (Some(servers), Some(agent)) = (&servers, &agent) {
             let non_voter = is_non_voter(servers, agent);
             if self.was_non_voter.swap(non_voter, Ordering::Relaxed) != non_voter {
@@ -280,6 +381,185 @@ impl ConsulEngine {
         ))
     }
 
+    /// Logs Autopilot's failure tolerance when it changes.
+    fn note_failure_tolerance(&self, health: &AutopilotHealth) {
+        let before = self
+            .failure_tolerance
+            .swap(health.failure_tolerance, Ordering::Relaxed);
+        if before == health.failure_tolerance {
+            return;
+        }
+        let unhealthy: Vec<&str> = health
+            .servers
+            .iter()
+            .filter(|s| !s.healthy)
+            .map(|s| s.name.as_str())
+            .collect();
+        if health.failure_tolerance == 0 {
+            warn!(failure_tolerance = 0, healthy = health.healthy, unhealthy = ?unhealthy, "autopilot: the raft cannot lose another server without losing quorum");
+        } else {
+            info!(failure_tolerance = health.failure_tolerance, healthy = health.healthy, unhealthy = ?unhealthy, "autopilot: failure tolerance changed");
+        }
+    }
+
+    /// Reads the raft configuration and, on the leader, Autopilot's health, and updates the
+    /// leader's watch. `None` for a client agent or when the raft cannot be read.
+    async fn leader_view(&self) -> Option<(bool, Vec<ServerView>)> {
+        let agent = self.agent_self().await.filter(|a| a.server)?;
+        let servers = self.api.raft_configuration().await.ok()?;
+        let is_leader = own_entry(&servers, &agent).is_some_and(|own| own.leader);
+        let health = if is_leader {
+            self.api.autopilot_health().await.ok()
+        } else {
+            None
+        };
+        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        if !is_leader {
+            self.autopilot_written.store(false, Ordering::Relaxed);
+        }
+        Some((
+            is_leader,
+            observe(
+                &mut watch,
+                &servers,
+                health.as_ref(),
+                is_leader,
+                Instant::now(),
+            ),
+        ))
+    }
+
+    /// The raft's membership for the heartbeat, as this server sees it (the raft
+    /// configuration); the leader's adds its evidence from Autopilot's health. `None` for a
+    /// client agent, or when the raft configuration cannot be read.
+    pub async fn raft_members(&self, role: MemberRole) -> Option<Vec<RaftMember>> {
+        if role == MemberRole::Agent {
+            return None;
+        }
+        let (_, views) = self.leader_view().await?;
+        Some(raft_members(&views))
+    }
+
+    /// One cleanup pass, run by the member loop after each accepted heartbeat with the
+    /// answer's `absent`; it acts on the leader's sidecar only. First brings the raft's stored
+    /// Autopilot configuration to the sidecar's values (once per leadership), then removes at
+    /// most one dead server that Autopilot has left in the raft (see `cleanup.rs`).
+    pub async fn cleanup(
+        &self,
+        absent: &[Absence],
+        expect: u32,
+        threshold: Duration,
+    ) -> CleanupOutcome {
+        let Some((true, views)) = self.leader_view().await else {
+            return CleanupOutcome::NotLeader;
+        };
+        if !self.operator_autopilot && !self.autopilot_written.load(Ordering::Relaxed) {
+            match self.write_autopilot(expect).await {
+                Ok(()) => self.autopilot_written.store(true, Ordering::Relaxed),
+                Err(e) => {
+                    warn!(error = %e, "cannot bring the raft's Autopilot configuration to the sidecar's settings (needs operator:write with ACLs); will try again")
+                }
+            }
+        }
+        let since_last_removal = {
+            let watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+            watch.last_removal.map(|t| t.elapsed())
+        };
+        let decision = decide(&CleanupInputs {
+            is_leader: true,
+            servers: &views,
+            absent,
+            threshold,
+            expect,
+            since_last_removal,
+        });
+        let removal = match decision {
+            CleanupDecision::Remove(removal) => removal,
+            CleanupDecision::Hold(ref reason) => {
+                debug!(reason = %reason, "consul cleanup: no removal");
+                return CleanupOutcome::Decided(decision);
+            }
+            CleanupDecision::Nothing => return CleanupOutcome::Decided(decision),
+        };
+        let result = match &removal.call {
+            RemovalCall::ForceLeavePrune { node } => {
+                self.api
+                    .send(
+                        reqwest::Method::PUT,
+                        &format!("/v1/agent/force-leave/{}?prune", url_escape(node)),
+                        None,
+                    )
+                    .await
+            }
+            RemovalCall::RemovePeer { id } => {
+                self.api
+                    .send(
+                        reqwest::Method::DELETE,
+                        &format!("/v1/operator/raft/peer?id={}", url_escape(id)),
+                        None,
+                    )
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => {
+                self.watch
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_removal = Some(Instant::now());
+                warn!(
+                    node = %removal.name,
+                    id = %removal.id,
+                    voter = removal.voter,
+                    call = ?removal.call,
+                    disconnected_for = ?removal.disconnected_for,
+                    absent_for = ?removal.absent_for,
+                    voters_after = removal.voters_after,
+                    connected_voters_after = removal.connected_voters_after,
+                    quorum_floor = removal.quorum_floor,
+                    threshold = ?threshold,
+                    "removed a dead consul server that autopilot left in the raft"
+                );
+                CleanupOutcome::Decided(CleanupDecision::Remove(removal))
+            }
+            Err(CallError::Unreachable(e) | CallError::Failed(e)) => {
+                warn!(node = %removal.name, id = %removal.id, error = %e, "could not remove a dead consul server");
+                CleanupOutcome::Failed(removal, e)
+            }
+        }
+    }
+
+    /// Reads the raft's Autopilot configuration and writes the sidecar's values where they
+    /// differ (check-and-set on its `ModifyIndex`).
+    async fn write_autopilot(&self, expect: u32) -> Result<(), String> {
+        let wanted = self.autopilot_settings(expect);
+        let stored = match self
+            .api
+            .get("/v1/operator/autopilot/configuration", &[])
+            .await
+        {
+            Ok(body) => body,
+            Err(CallError::Unreachable(e) | CallError::Failed(e)) => return Err(e),
+        };
+        let Some((body, index)) = autopilot_update(&stored, &wanted)? else {
+            return Ok(());
+        };
+        let answer = self
+            .api
+            .send(
+                reqwest::Method::PUT,
+                &format!("/v1/operator/autopilot/configuration?cas={index}"),
+                Some(&body),
+            )
+            .await
+            .map_err(|(CallError::Unreachable(e) | CallError::Failed(e))| e)?;
+        if answer.trim() == "false" {
+            return Err("the configuration changed while it was written (cas refused)".into());
+        }
+        info!(settings = ?wanted, "brought the raft's Autopilot configuration to the sidecar's settings");
+        Ok(())
+    }
+
     pub async fn detect_role(&self) -> Option<MemberRole> {
         let agent = parse_agent_self(&self.api.get("/v1/agent/self", &[]).await.ok()?).ok()?;
         Some(if agent.server {
@@ -288,4 +568,17 @@ impl ConsulEngine {
             MemberRole::Agent
         })
     }
+}
+
+/// Escapes a node name or raft ID for a URL path or query (both are names or UUIDs, but a
+/// name is not trusted to be one).
+fn url_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

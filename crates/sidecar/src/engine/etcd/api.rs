@@ -73,6 +73,43 @@ impl EtcdApi {
             .await
     }
 
+    /// `member update`: sets the peer URLs of member `member_id` (a member that restarted at
+    /// another address).
+    pub async fn update_peer_urls(
+        &self,
+        base: &str,
+        member_id: &str,
+        peer_urls: Vec<String>,
+    ) -> Result<(), String> {
+        let _: serde_json::Value = self
+            .post(
+                base,
+                "/v3/cluster/member/update",
+                &serde_json::json!({ "ID": member_id, "peerURLs": peer_urls }),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `GET /metrics`: the Prometheus text, for the leader's peer connections
+    /// ([`super::peers::active_peers`]).
+    pub async fn metrics(&self, base: &str) -> Result<String, String> {
+        let url = format!("{}/metrics", base.trim_end_matches('/'));
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", describe(&e)))?;
+        if !response.status().is_success() {
+            return Err(format!("{url} answered {}", response.status()));
+        }
+        response
+            .text()
+            .await
+            .map_err(|e| format!("{url}: {}", describe(&e)))
+    }
+
     async fn post_ignoring_answer(
         &self,
         base: &str,

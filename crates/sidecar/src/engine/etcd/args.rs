@@ -15,6 +15,9 @@ pub struct EtcdArgs<'a> {
     pub cluster: &'a str,
     pub data_dir: &'a str,
     pub advertise_host: &'a str,
+    /// The host of the peer URL this member advertises (`--etcd-peer-host`, else the
+    /// advertised host).
+    pub peer_host: &'a str,
     pub listen_host: &'a str,
     pub client_port: u16,
     pub peer_port: u16,
@@ -43,6 +46,9 @@ pub enum Initial<'a> {
     Existing(&'a str),
     /// Restarting from the data directory, which knows the cluster already.
     FromData,
+    /// Restarting from the data directory as a new one-member raft that keeps the data
+    /// (etcd's `--force-new-cluster`): quorum-loss recovery on a survivor.
+    FromDataForcingNewCluster,
 }
 
 pub fn member_args(a: &EtcdArgs<'_>, initial: Initial<'_>) -> Vec<String> {
@@ -57,7 +63,7 @@ pub fn member_args(a: &EtcdArgs<'_>, initial: Initial<'_>) -> Vec<String> {
         format!("--listen-peer-urls={}", url(a.listen_host, a.peer_port)),
         format!(
             "--initial-advertise-peer-urls={}",
-            url(a.advertise_host, a.peer_port)
+            url(a.peer_host, a.peer_port)
         ),
     ];
     match initial {
@@ -65,7 +71,7 @@ pub fn member_args(a: &EtcdArgs<'_>, initial: Initial<'_>) -> Vec<String> {
             args.push(format!(
                 "--initial-cluster={}={}",
                 a.node,
-                url(a.advertise_host, a.peer_port)
+                url(a.peer_host, a.peer_port)
             ));
             args.push("--initial-cluster-state=new".into());
             args.push(format!(
@@ -82,6 +88,7 @@ pub fn member_args(a: &EtcdArgs<'_>, initial: Initial<'_>) -> Vec<String> {
             ));
         }
         Initial::FromData => {}
+        Initial::FromDataForcingNewCluster => args.push("--force-new-cluster".into()),
     }
     args.extend(a.passthrough.iter().cloned());
     args
@@ -129,6 +136,7 @@ mod tests {
             cluster: "c",
             data_dir: "/data",
             advertise_host: "10.0.0.2",
+            peer_host: "10.0.0.2",
             listen_host: "10.0.0.2",
             client_port: 2379,
             peer_port: 2380,
@@ -192,6 +200,14 @@ mod tests {
 
         let restart = member_args(&args(&[]), Initial::FromData);
         assert!(!restart.iter().any(|a| a.starts_with("--initial-cluster")));
+        assert!(!restart.contains(&"--force-new-cluster".to_string()));
+        let forced = member_args(&args(&extra), Initial::FromDataForcingNewCluster);
+        assert!(!forced.iter().any(|a| a.starts_with("--initial-cluster")));
+        // Before the pass-through flags, like every flag the sidecar decides.
+        assert_eq!(
+            &forced[forced.len() - 2..],
+            ["--force-new-cluster".to_string(), extra[0].clone()]
+        );
         assert!(restart.contains(&"--advertise-client-urls=http://10.0.0.2:2379".to_string()));
         for member in [&new, &existing, &restart] {
             assert!(member.contains(
@@ -213,6 +229,23 @@ mod tests {
                 "--endpoints=10.0.0.1:2379,10.0.0.3:2379"
             ]
         );
+    }
+
+    #[test]
+    fn a_peer_host_names_the_advertised_peer_url_while_etcd_listens_on_the_address() {
+        let named = EtcdArgs {
+            peer_host: "5c1d0e2f9a7b",
+            ..args(&[])
+        };
+        let new = member_args(&named, Initial::New);
+        for expected in [
+            "--initial-advertise-peer-urls=http://5c1d0e2f9a7b:2380",
+            "--initial-cluster=n2=http://5c1d0e2f9a7b:2380",
+            "--listen-peer-urls=http://10.0.0.2:2380",
+            "--advertise-client-urls=http://10.0.0.2:2379",
+        ] {
+            assert!(new.contains(&expected.to_string()), "{expected} in {new:?}");
+        }
     }
 
     #[test]

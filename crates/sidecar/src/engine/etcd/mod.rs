@@ -19,24 +19,43 @@
 //!   a learner ([`Health::Learner`]), and the member loop calls the promotion by name.
 //! - `agent`: `etcd gateway start` to the live servers' client addresses.
 //! - restart: the data directory holds `member/wal`, so etcd starts from it; the member is
-//!   neither bootstrapped nor added again (its ID stays the same).
+//!   neither bootstrapped nor added again (its ID stays the same). Before it starts, a live
+//!   server tells whether it was removed meanwhile or must change its peer URL ([`restart`]).
+//!   With `--force-new-cluster`, once per data directory, as a new one-member raft
+//!   ([`force`]).
+//!
+//! Heartbeats of a member carry the raft's member list (`raft_members`); the leader's add its
+//! peer-connection evidence ([`peers`]), and after each accepted heartbeat the leader's
+//! sidecar removes a member that is gone for good ([`cleanup`]). `rollcall-sidecar leave`
+//! removes this member itself ([`leave`]).
 //!
 //! The modules: [`args`] (command lines, pure), [`api`] (etcd's HTTP API and its wire
-//! types), [`join`] (member add and promotion), [`status`] (reading the answers, pure).
+//! types), [`join`] (member add and promotion), [`status`] (reading the answers, pure),
+//! [`restart`] (a restart's membership check), [`peers`], [`cleanup`], [`leave`] and
+//! [`force`].
 
 pub mod api;
 pub mod args;
+pub mod cleanup;
+pub mod force;
 pub mod join;
+pub mod leave;
+pub mod peers;
+pub mod restart;
+pub mod restore;
 pub mod status;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use rollcall_protocol::{AgentStatus, MemberRole, RaftIdentity};
+use rollcall_protocol::{AgentStatus, HeartbeatResponse, MemberRole, RaftIdentity, RaftMember};
+use tokio::time::Instant;
 
 use self::api::EtcdApi;
-use self::args::{gateway_args, member_args, url, EtcdArgs, Initial};
+use self::args::{cluster_token, gateway_args, member_args, url, EtcdArgs, Initial};
+use self::cleanup::DeadMemberCleanup;
 use self::join::EtcdJoin;
+use self::peers::{active_peers, member_id_hex, raft_members, reportable, PeerWatch};
 use self::status::{agent_status, parse_health, raft_ids};
 use super::{dir_has_entries, AgentCommand, Health, JoinTargets, StartPlan};
 use crate::config::{is_ip_literal, Settings};
@@ -50,6 +69,10 @@ pub struct EtcdEngine {
     data_dir: PathBuf,
     /// The advertised host: peer and client URLs use it.
     advertise_host: String,
+    /// The host of the advertised peer URL: `--etcd-peer-host`, else the advertised host. A
+    /// name that stays when the address changes (a container's host name) keeps the peer URL
+    /// the raft knows valid across a restart of every member at new addresses.
+    peer_host: String,
     /// Where etcd listens: the advertised host when it is an IP address, else every address.
     listen_host: String,
     /// Where the sidecar reaches its own etcd.
@@ -62,19 +85,58 @@ pub struct EtcdEngine {
     /// etcd's cluster ID (and member ID) from its last status answer, for the heartbeat's
     /// metadata: the status is read just before each heartbeat.
     raft_ids: std::sync::Mutex<Vec<(String, String)>>,
+    /// This run has confirmed its member's IDs and peer URL ([`restart`]): once per run.
+    own_member_confirmed: std::sync::atomic::AtomicBool,
+    /// What the member sees of its raft, for heartbeats and the cleanup (boxed: the engine
+    /// enum's variants stay of a size).
+    raft: Box<RaftWatch>,
+    /// `--restore-snapshot`: a `bootstrap` grant starts the new raft from this snapshot
+    /// ([`restore`]).
+    restore_snapshot: Option<PathBuf>,
+    /// `--force-new-cluster` was asked for: a restart from data that was not forced before
+    /// forces a new raft ([`force`]).
+    force_new_cluster: bool,
+    /// This run started etcd forcing a new raft, and the marker is not written yet: it is
+    /// once etcd answers as a member with a leader.
+    forced_unconfirmed: std::sync::atomic::AtomicBool,
+}
+
+/// The raft as this member sees it, and the leader's cleanup.
+#[derive(Debug)]
+struct RaftWatch {
+    /// The raft as the last status read saw it, for the heartbeat's `raft_members` and the
+    /// cleanup after it; `None` when it could not be read.
+    view: std::sync::Mutex<Option<RaftView>>,
+    /// The leader's count of how long each member has had no peer connection.
+    peer_watch: std::sync::Mutex<PeerWatch>,
+    cleanup: DeadMemberCleanup,
+}
+
+/// The raft as this member saw it at its last status read.
+#[derive(Debug, Clone)]
+struct RaftView {
+    self_id: String,
+    is_leader: bool,
+    /// The member list; on the leader with its peer-connection evidence.
+    members: Vec<RaftMember>,
 }
 
 impl EtcdEngine {
     pub fn new(settings: &Settings, http: reqwest::Client) -> Self {
         let ip = is_ip_literal(&settings.advertise_host);
         let api = EtcdApi::new(http);
-        let peer_url = url(&settings.advertise_host, settings.etcd_peer_port);
+        let peer_host = settings
+            .etcd_peer_host
+            .clone()
+            .unwrap_or_else(|| settings.advertise_host.clone());
+        let peer_url = url(&peer_host, settings.etcd_peer_port);
         EtcdEngine {
             program: settings.agent_bin.clone().unwrap_or_else(|| "etcd".into()),
             node: settings.node.clone(),
             cluster: settings.cluster.clone(),
             data_dir: settings.data_dir.clone(),
             advertise_host: settings.advertise_host.clone(),
+            peer_host,
             listen_host: if ip {
                 settings.advertise_host.clone()
             } else {
@@ -93,14 +155,25 @@ impl EtcdEngine {
                 settings.node.clone(),
                 peer_url,
                 settings.join_timeout,
+                settings.dead_member_after,
+                settings.expect,
             ),
+            raft: Box::new(RaftWatch {
+                view: std::sync::Mutex::new(None),
+                peer_watch: std::sync::Mutex::new(PeerWatch::default()),
+                cleanup: DeadMemberCleanup::new(api.clone(), settings.dead_member_after),
+            }),
             api,
             raft_ids: std::sync::Mutex::new(Vec::new()),
+            own_member_confirmed: std::sync::atomic::AtomicBool::new(false),
+            force_new_cluster: settings.force_new_cluster,
+            restore_snapshot: settings.restore_snapshot.clone(),
+            forced_unconfirmed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     pub fn peer_url(&self) -> String {
-        url(&self.advertise_host, self.peer_port)
+        url(&self.peer_host, self.peer_port)
     }
 
     pub fn client_url(&self) -> String {
@@ -137,6 +210,7 @@ impl EtcdEngine {
             cluster: &self.cluster,
             data_dir: self.data_dir.to_str().unwrap_or("."),
             advertise_host: &self.advertise_host,
+            peer_host: &self.peer_host,
             listen_host: &self.listen_host,
             client_port: self.client_port,
             peer_port: self.peer_port,
@@ -152,8 +226,33 @@ impl EtcdEngine {
         targets: &impl JoinTargets,
     ) -> Result<AgentCommand, Exit> {
         self.join.remember_join_targets(plan.join());
+        if let (Some(snapshot), StartPlan::Server { .. } | StartPlan::Agent { .. }) =
+            (&self.restore_snapshot, plan)
+        {
+            tracing::warn!(snapshot = %snapshot.display(), role = plan.name(), "--restore-snapshot is ignored: this node was not granted bootstrap, so a raft exists and it joins that raft's data");
+        }
         let args = match plan {
-            StartPlan::Bootstrap => member_args(&self.args(raft), Initial::New),
+            StartPlan::Bootstrap => match &self.restore_snapshot {
+                Some(snapshot) => {
+                    let token = cluster_token(&self.cluster, raft.map(|r| r.nonce.as_str()));
+                    let peer_url = self.peer_url();
+                    let restore = restore::Restore {
+                        snapshot,
+                        data_dir: &self.data_dir,
+                        node: &self.node,
+                        peer_url: &peer_url,
+                        cluster_token: &token,
+                    };
+                    restore::restore("etcdctl", &restore).await?;
+                    member_args(&self.args(raft), Initial::FromData)
+                }
+                None => member_args(&self.args(raft), Initial::New),
+            },
+            StartPlan::Restart { .. } if force::pending(self.force_new_cluster, &self.data_dir) => {
+                self.forced_unconfirmed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                member_args(&self.args(raft), Initial::FromDataForcingNewCluster)
+            }
             StartPlan::Restart { .. } => member_args(&self.args(raft), Initial::FromData),
             StartPlan::Server { join } => {
                 let initial_cluster = self.join.add_self_as_learner(join, targets).await?;
@@ -174,6 +273,11 @@ impl EtcdEngine {
             env: vec![],
             user: None,
         })
+    }
+
+    /// The `expect` the registry's claim answer used, for the join's room check.
+    pub fn use_claimed_expect(&self, expect: u32) {
+        self.join.use_expect(expect);
     }
 
     pub async fn health(&self, role: MemberRole) -> Health {
@@ -205,14 +309,95 @@ impl EtcdEngine {
     }
 
     pub async fn status(&self, role: MemberRole) -> Option<AgentStatus> {
+        *self.raft.view.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let base = self.local_client_url();
         let status = self.api.status(&base).await.ok()?;
         *self.raft_ids.lock().unwrap_or_else(|e| e.into_inner()) = raft_ids(&status, role);
         let list = self.api.member_list(&base).await.ok();
-        Some(agent_status(
-            &status,
-            list.as_ref().map(|l| l.members.as_slice()),
-            role,
-        ))
+        let agent_status = agent_status(&status, list.as_ref().map(|l| l.members.as_slice()), role);
+        // Through a gateway the answers are a backend's: only a member reports the raft.
+        if let (MemberRole::Server, Some(list), Some(true)) = (role, &list, agent_status.in_raft) {
+            let self_id = status.header.member_id.clone();
+            let is_leader = agent_status.is_leader == Some(true);
+            let members = self
+                .observe_peers(&base, &self_id, is_leader, &list.members)
+                .await;
+            *self.raft.view.lock().unwrap_or_else(|e| e.into_inner()) = Some(RaftView {
+                self_id,
+                is_leader,
+                members,
+            });
+            if self
+                .forced_unconfirmed
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                force::confirm(&self.data_dir);
+            }
+        }
+        Some(agent_status)
+    }
+
+    /// The member list with, on the leader, its peer-connection evidence from `/metrics`.
+    async fn observe_peers(
+        &self,
+        base: &str,
+        self_id: &str,
+        is_leader: bool,
+        members: &[api::EtcdMember],
+    ) -> Vec<RaftMember> {
+        let members = raft_members(members);
+        if !is_leader {
+            self.raft
+                .peer_watch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .not_leading();
+            return members;
+        }
+        let peers = match (self.api.metrics(base).await, member_id_hex(self_id)) {
+            (Ok(text), Some(local)) => Some(active_peers(&text, &local)),
+            (Err(reason), _) => {
+                tracing::warn!(%reason, "cannot read etcd's /metrics: no peer evidence in this heartbeat");
+                None
+            }
+            (Ok(_), None) => None,
+        };
+        self.raft
+            .peer_watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(self_id, &members, peers.as_ref(), Instant::now())
+    }
+
+    /// The raft's members as the last status read saw them, for the heartbeat; `None` when
+    /// this member is not in a raft with a leader, or the list does not fit a heartbeat.
+    pub fn raft_members(&self) -> Option<Vec<RaftMember>> {
+        let view = self.raft.view.lock().unwrap_or_else(|e| e.into_inner());
+        view.as_ref().and_then(|view| reportable(&view.members))
+    }
+
+    /// After a heartbeat the registry accepted: the leader's dead-member cleanup, with the
+    /// registry's `absent` list and `expect` (its last answer, else `--expect`).
+    pub async fn after_heartbeat(&self, answer: &HeartbeatResponse, expect: u32) {
+        let view = self
+            .raft
+            .view
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(view) = view.filter(|v| v.is_leader) else {
+            return;
+        };
+        self.raft
+            .cleanup
+            .after_heartbeat(
+                &self.local_client_url(),
+                &view.self_id,
+                &view.members,
+                &answer.absent,
+                expect,
+                crate::member_loop::interval_from_ms(answer.interval_ms),
+            )
+            .await;
     }
 }

@@ -1,0 +1,188 @@
+//! The raft's membership as its leader reports it, and what the registry derives from it: the
+//! changes between consecutive views (logged, counted, kept for people), the absence evidence
+//! the leader's dead-member cleanup needs (`absent` in its heartbeat answer), the slots of live
+//! servers the leader reports disconnected, `server_slot_open` for agents, and how long no
+//! server has been live (for `raft-lost`). All in memory: a restart learns the view again from
+//! the leader's next heartbeat.
+
+use std::time::Duration;
+
+use rollcall_protocol::{Absence, RaftChange, RaftChangeKind, RaftMember};
+use tokio::time::Instant;
+
+use super::state::{ClusterState, RAFT_CHANGES};
+use super::{ms, unix_ms_now};
+
+/// A leader's report of the raft's membership: a heartbeat whose status says `is_leader` and
+/// that lists `raft_members`.
+#[derive(Debug, Clone)]
+pub(super) struct RaftView {
+    /// The leader that reported it.
+    pub reporter: String,
+    /// When the registry received it: a view older than one TTL is not used for slots.
+    pub at: Instant,
+    pub members: Vec<RaftMember>,
+}
+
+impl ClusterState {
+    /// Takes a leader's view, and returns what changed since the last one (nothing for the
+    /// first view: there is nothing to compare it with), and whether the view differs from the
+    /// last one in anything (a connection, a duration) or comes from another reporter.
+    pub fn take_view(
+        &mut self,
+        reporter: &str,
+        members: Vec<RaftMember>,
+        now: Instant,
+    ) -> (Vec<RaftChange>, bool) {
+        let differs = self
+            .raft_view
+            .as_ref()
+            .is_none_or(|v| v.reporter != reporter || v.members != members);
+        let mut changes = Vec::new();
+        if let Some(previous) = &self.raft_view {
+            let change = |kind, m: &RaftMember| RaftChange {
+                at_unix_ms: unix_ms_now(),
+                kind,
+                id: m.id.clone(),
+                name: m.name.clone(),
+                reporter: reporter.to_string(),
+            };
+            for old in &previous.members {
+                match members.iter().find(|m| m.id == old.id) {
+                    None => changes.push(change(RaftChangeKind::Removed, old)),
+                    Some(new) if old.learner && !new.learner => {
+                        changes.push(change(RaftChangeKind::Promoted, new))
+                    }
+                    Some(_) => {}
+                }
+            }
+            for new in &members {
+                if !previous.members.iter().any(|m| m.id == new.id) {
+                    changes.push(change(RaftChangeKind::Added, new));
+                }
+            }
+        }
+        for change in &changes {
+            if self.raft_changes.len() == RAFT_CHANGES {
+                self.raft_changes.pop_front();
+            }
+            self.raft_changes.push_back(change.clone());
+        }
+        self.raft_view = Some(RaftView {
+            reporter: reporter.to_string(),
+            at: now,
+            members,
+        });
+        (changes, differs)
+    }
+
+    /// The leader's view, if it was received within `ttl`.
+    fn fresh_view(&self, ttl: Duration, now: Instant) -> Option<&RaftView> {
+        self.raft_view
+            .as_ref()
+            .filter(|v| now.saturating_duration_since(v.at) < ttl)
+    }
+
+    /// The members the leader's fresh view reports disconnected (`connected: false`) for at
+    /// least `interval`, each with when its disconnection began as the leader counts it (the
+    /// view's receipt less `disconnected_for_ms`). A shorter disconnection, or one of unknown
+    /// length, is not reported here: a task replaced at a new address is unreachable by name
+    /// for a few seconds after it is back (its peer connections flap while the overlay's DNS
+    /// catches up), and the leader observes once an interval.
+    pub fn disconnected(
+        &self,
+        ttl: Duration,
+        interval: Duration,
+        now: Instant,
+    ) -> Vec<(&str, Instant)> {
+        self.fresh_view(ttl, now).map_or_else(Vec::new, |v| {
+            v.members
+                .iter()
+                .filter(|m| m.connected == Some(false) && !m.name.is_empty())
+                .filter_map(|m| {
+                    let gone_for = Duration::from_millis(m.disconnected_for_ms?);
+                    (gone_for >= interval)
+                        .then(|| (m.name.as_str(), v.at.checked_sub(gone_for).unwrap_or(v.at)))
+                })
+                .collect()
+        })
+    }
+
+    /// The registry's absence evidence for the leader `reporter`: each named raft member other
+    /// than the reporter that is not live here, absent since the later of when it was last
+    /// live and `grace_end` (before that the registry could not have seen it).
+    pub fn absent(
+        &self,
+        reporter: &str,
+        members: &[RaftMember],
+        ttl: Duration,
+        now: Instant,
+        grace_end: Instant,
+    ) -> Vec<Absence> {
+        members
+            .iter()
+            .filter(|m| !m.name.is_empty() && m.name != reporter)
+            .filter(|m| !self.nodes.get(&m.name).is_some_and(|e| e.is_live(ttl, now)))
+            .map(|m| {
+                let since = self
+                    .seen
+                    .get(&m.name)
+                    .map_or(grace_end, |seen| (*seen).max(grace_end));
+                Absence {
+                    node: m.name.clone(),
+                    absent_for_ms: ms(now.saturating_duration_since(since)),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether an agent's heartbeat answer says `server_slot_open`: the raft's size is known,
+    /// the raft's leader reports fewer voters than that (a view received within one TTL), and
+    /// the live servers (those the leader reports disconnected not counted) are fewer too.
+    /// Both: the live servers alone are fewer for a while whenever members re-register (a
+    /// registry restarted empty, a raft paused past its TTL), and an agent told then would
+    /// give up its gateway to join a raft that has no room. No fresh view, no slot.
+    /// `events` is the registry's event count: the count of servers is cached until it moves.
+    pub fn server_slot_open(
+        &mut self,
+        node: &str,
+        ttl: Duration,
+        interval: Duration,
+        now: Instant,
+        events: u64,
+    ) -> bool {
+        let Some(expect) = self.raft.as_ref().and_then(|r| r.expect) else {
+            return false;
+        };
+        let Some(view) = self.fresh_view(ttl, now) else {
+            return false;
+        };
+        if view.members.iter().filter(|m| !m.learner).count() >= expect as usize {
+            return false;
+        }
+        // A view that went stale changes the count without an event: part of the key.
+        let key = (events, self.fresh_view(ttl, now).is_some());
+        let servers = match self.slot_count {
+            Some((at, n)) if at == key => n,
+            _ => {
+                // Counted for no claimant at all, then less this node if it holds a slot.
+                let n = self.others("", ttl, interval, now).servers;
+                self.slot_count = Some((key, n));
+                n
+            }
+        };
+        let own = self.nodes.get(node).is_some_and(|e| e.holds_server_slot());
+        servers.saturating_sub(usize::from(own)) < expect as usize
+    }
+
+    /// How long no server member has heartbeated (a server claim does not count: it is a node
+    /// still joining), counted at most from `floor` (the registry's start or resumption);
+    /// `None` while one is live or no raft is known.
+    pub fn no_live_server_for(&self, now: Instant, floor: Instant) -> Option<Duration> {
+        if self.raft.is_none() || self.nodes.values().any(|e| e.is_server_member()) {
+            return None;
+        }
+        let since = self.server_last_seen.map_or(floor, |seen| seen.max(floor));
+        Some(now.saturating_duration_since(since))
+    }
+}
