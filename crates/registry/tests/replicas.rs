@@ -544,6 +544,14 @@ async fn etcd_member_loss_keeps_serving_and_quorum_loss_serves_stale_reads_and_r
     }
     let one_down = started.elapsed();
 
+    // Killing an etcd member can cost an etcd election, and a lease renewal or a transaction
+    // caught in it can end the active replica's term (the registry kept serving: the write
+    // above went through), so the other replica may be the active one now. Which one is
+    // active is read again before the quorum goes.
+    wait_settled(&http, &urls).await;
+    let (active, _) = wait_active(&http, &urls, None, Duration::from_secs(20)).await;
+    let standby = 1 - active;
+
     // Heartbeats whose metadata changes (written without a wait) keep flowing, so that writes
     // are in flight when the quorum goes.
     let beating = Arc::new(Mutex::new(true));
@@ -600,7 +608,12 @@ async fn etcd_member_loss_keeps_serving_and_quorum_loss_serves_stale_reads_and_r
     assert_eq!(refused.status().as_u16(), 503);
     let body: serde_json::Value = refused.json().await.expect("json");
     assert_eq!(body["code"], "store_unavailable", "{body}");
-    assert_eq!(role(&http, &urls[active]).await.as_deref(), Some("stale"));
+    assert_eq!(
+        role(&http, &urls[active]).await.as_deref(),
+        Some("stale"),
+        "the active replica's log:\n{}",
+        regs[active].log_text()
+    );
 
     *beating.lock().expect("beating") = false;
     let _ = beats.await;
