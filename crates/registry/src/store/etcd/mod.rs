@@ -19,8 +19,11 @@
 //! transaction, in order) whose one comparison is the fence: the leader key's
 //! `create_revision` is still the one this replica's election created. A replica that lost
 //! its lease (frozen, cut off) finds the key gone or re-created by another replica, and its
-//! transaction does nothing. Flushes run one at a time; a flush waiting behind another sends
-//! whatever was queued since, so that concurrent requests share transactions (group commit).
+//! transaction does nothing. Flushes run one at a time and each sends everything queued when
+//! it starts, so that concurrent requests share transactions (group commit): writes are
+//! numbered as they are queued, and a flush whose writes an earlier flush already sent
+//! returns without a transaction of its own (otherwise every request queued behind a flush
+//! would send a transaction of the few writes that arrived in the meantime, one after another).
 //! What no request waits for (a status or metadata change) is sent within a second.
 //!
 //! A flush that fails, by the fence or because etcd's answer never came (the write may or may
@@ -31,6 +34,7 @@
 
 pub mod client;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -60,6 +64,13 @@ pub struct EtcdStore {
     inner: Arc<Inner>,
 }
 
+#[derive(Debug, Default)]
+struct Pending {
+    ops: Vec<Op>,
+    /// Every write ever queued in this term, counted: the number of the last one.
+    queued: u64,
+}
+
 #[derive(Debug)]
 struct Inner {
     client: EtcdClient,
@@ -67,7 +78,10 @@ struct Inner {
     /// `None` only for `migrate`, which writes before any replica runs.
     fence: Option<Fence>,
     /// Writes not yet sent, in decision order.
-    pending: Mutex<Vec<Op>>,
+    pending: Mutex<Pending>,
+    /// How many writes, counted as [`Pending::queued`] counts them, etcd holds: every write up
+    /// to this one. Changed only by the flush that holds `committing`.
+    committed: AtomicU64,
     /// One flush at a time, so that transactions reach etcd in decision order.
     committing: tokio::sync::Mutex<()>,
     /// Why the store is lost for the rest of the term, and whether because etcd could not be
@@ -91,7 +105,8 @@ impl EtcdStore {
             client,
             prefix,
             fence,
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending::default()),
+            committed: AtomicU64::new(0),
             committing: tokio::sync::Mutex::new(()),
             lost: OnceLock::new(),
             loaded: Mutex::new(Some(loaded)),
@@ -102,14 +117,16 @@ impl EtcdStore {
 
     /// How many writes are queued and not yet sent.
     pub fn pending(&self) -> usize {
-        self.inner.pending().len()
+        self.inner.pending().ops.len()
     }
 
     fn queue(&self, op: Op) -> Result<(), StoreError> {
         if let Some(e) = Backend::lost(self) {
             return Err(e);
         }
-        self.inner.pending().push(op);
+        let mut pending = self.inner.pending();
+        pending.ops.push(op);
+        pending.queued += 1;
         Ok(())
     }
 
@@ -123,7 +140,7 @@ impl EtcdStore {
 }
 
 impl Inner {
-    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Op>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -152,7 +169,8 @@ impl Inner {
     /// would find nothing queued and be answered as if they were durable.
     async fn flush(self: &Arc<Self>) -> Result<(), StoreError> {
         let inner = self.clone();
-        tokio::spawn(async move { inner.commit().await })
+        let target = self.pending().queued;
+        tokio::spawn(async move { inner.commit(target).await })
             .await
             .map_err(|e| StoreError {
                 message: format!("the etcd commit task failed: {e}"),
@@ -161,12 +179,20 @@ impl Inner {
             })?
     }
 
-    async fn commit(&self) -> Result<(), StoreError> {
+    /// Makes every write up to number `target` durable: returns at once when an earlier
+    /// flush sent them, else sends everything queued.
+    async fn commit(&self, target: u64) -> Result<(), StoreError> {
         let _one_at_a_time = self.committing.lock().await;
         if let Some(e) = self.lost_error() {
             return Err(e);
         }
-        let ops = std::mem::take(&mut *self.pending());
+        if self.committed.load(Ordering::Acquire) >= target {
+            return Ok(());
+        }
+        let (ops, upto) = {
+            let mut pending = self.pending();
+            (std::mem::take(&mut pending.ops), pending.queued)
+        };
         let compare: Vec<Compare> = self
             .fence
             .iter()
@@ -190,6 +216,7 @@ impl Inner {
                 }
             }
         }
+        self.committed.store(upto, Ordering::Release);
         Ok(())
     }
 }
@@ -244,8 +271,12 @@ async fn background_flush(inner: Weak<Inner>) {
         if inner.lost.get().is_some() {
             return;
         }
-        if !inner.pending().is_empty() {
-            let _ = inner.commit().await;
+        let queued = {
+            let pending = inner.pending();
+            (!pending.ops.is_empty()).then_some(pending.queued)
+        };
+        if let Some(target) = queued {
+            let _ = inner.commit(target).await;
         }
     }
 }
