@@ -47,24 +47,13 @@ cd "$repo_dir"
 engine="${ROLLCALL_E2E_ENGINE:-etcd}"
 slack="${ROLLCALL_E2E_SLACK:-2}"
 
-say() { printf '[e2e %4ds] %s\n' "$SECONDS" "$*"; }
-pass() { say "PASS  $*"; }
-fail() {
-    say "FAIL  $*"
-    failed=1
-    exit 1
-}
+e2e_tag=e2e e2e_script=tests/e2e/docker.sh
+# shellcheck source=tests/e2e/common.sh
+source "$repo_dir/tests/e2e/common.sh"
 
 # --- Is there a Docker engine? ----------------------------------------------------------
 
-if ! command -v docker >/dev/null || ! docker info >/dev/null 2>&1; then
-    if [[ ${CI:-} == true ]]; then
-        echo "tests/e2e/docker.sh: FAILED: no Docker engine answers, and CI=true requires one" >&2
-        exit 1
-    fi
-    echo "tests/e2e/docker.sh: SKIPPED: no Docker engine answers here (set CI=true to make this a failure)"
-    exit 0
-fi
+require_docker
 if docker compose version >/dev/null 2>&1; then
     compose_cmd=(docker compose)
 elif command -v docker-compose >/dev/null; then
@@ -93,15 +82,8 @@ export ROLLCALL_DEAD_MEMBER_AFTER=30s
 dead_member_after_s=30
 unset ROLLCALL_TOKEN ROLLCALL_COMPOSE ROLLCALL_TTL ROLLCALL_INTERVAL ROLLCALL_STARTUP_GRACE ROLLCALL_QUIET_PERIOD
 
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for _ in $(seq 1 50); do
-    candidate=$((20000 + RANDOM % 20000))
-    if port_is_free "$candidate"; then
-        export ROLLCALL_REGISTRY_PORT="$candidate"
-        break
-    fi
-done
-[[ -n ${ROLLCALL_REGISTRY_PORT:-} ]] || fail "no free loopback port found for the registry"
+ROLLCALL_REGISTRY_PORT="$(free_port)" || fail "no free loopback port found for the registry"
+export ROLLCALL_REGISTRY_PORT
 registry="http://127.0.0.1:$ROLLCALL_REGISTRY_PORT"
 results_file="$repo_dir/target/e2e-docker-timings.txt"
 

@@ -25,21 +25,11 @@ repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo_dir"
 
 slack="${ROLLCALL_E2E_SLACK:-5}"
-say() { printf '[ha    %4ds] %s\n' "$SECONDS" "$*"; }
-pass() { say "PASS  $*"; }
-fail() {
-    say "FAIL  $*"
-    exit 1
-}
+e2e_tag=ha e2e_script=tests/e2e/ha.sh
+# shellcheck source=tests/e2e/common.sh
+source "$repo_dir/tests/e2e/common.sh"
 
-if ! command -v docker >/dev/null || ! docker info >/dev/null 2>&1; then
-    if [[ ${CI:-} == true ]]; then
-        echo "tests/e2e/ha.sh: FAILED: no Docker engine answers, and CI=true requires one" >&2
-        exit 1
-    fi
-    echo "tests/e2e/ha.sh: SKIPPED: no Docker engine answers here (set CI=true to make this a failure)"
-    exit 0
-fi
+require_docker
 command -v python3 >/dev/null || fail "python3 is needed to read the registry's JSON"
 
 # --- Own project, ports and (unless shared) images ------------------------------------------
@@ -55,18 +45,6 @@ export ROLLCALL_LEASE_TTL=3s ROLLCALL_INTERVAL=2s ROLLCALL_TTL=6s ROLLCALL_START
 lease_s=3 interval_s=2 grace_s=4
 unset ROLLCALL_TOKEN
 
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-free_port() {
-    local candidate
-    for _ in $(seq 1 50); do
-        candidate=$((20000 + RANDOM % 20000))
-        if port_is_free "$candidate"; then
-            printf '%s' "$candidate"
-            return 0
-        fi
-    done
-    return 1
-}
 ROLLCALL_REGISTRY_PORT="$(free_port)" || fail "no free loopback port"
 ROLLCALL_REGISTRY_PORT_2="$(free_port)" || fail "no free loopback port"
 [[ $ROLLCALL_REGISTRY_PORT != "$ROLLCALL_REGISTRY_PORT_2" ]] || fail "the same port twice"

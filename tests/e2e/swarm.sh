@@ -29,21 +29,11 @@ repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo_dir"
 
 slack="${ROLLCALL_E2E_SLACK:-2}"
-say() { printf '[swarm %4ds] %s\n' "$SECONDS" "$*"; }
-pass() { say "PASS  $*"; }
-fail() {
-    say "FAIL  $*"
-    exit 1
-}
+e2e_tag=swarm e2e_script=tests/e2e/swarm.sh
+# shellcheck source=tests/e2e/common.sh
+source "$repo_dir/tests/e2e/common.sh"
 
-if ! command -v docker >/dev/null || ! docker info >/dev/null 2>&1; then
-    if [[ ${CI:-} == true ]]; then
-        echo "tests/e2e/swarm.sh: FAILED: no Docker engine answers, and CI=true requires one" >&2
-        exit 1
-    fi
-    echo "tests/e2e/swarm.sh: SKIPPED: no Docker engine answers here (set CI=true to make this a failure)"
-    exit 0
-fi
+require_docker
 command -v python3 >/dev/null || fail "python3 is needed to read the registry's JSON"
 
 # --- Own stack, subnet, port and (unless shared) images ------------------------------------
@@ -63,15 +53,8 @@ dead_member_after_s=30
 export ROLLCALL_SWARM_UPDATE_DELAY=1s ROLLCALL_SWARM_UPDATE_MONITOR=5s
 unset ROLLCALL_TOKEN ROLLCALL_TTL ROLLCALL_INTERVAL
 
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for _ in $(seq 1 50); do
-    candidate=$((20000 + RANDOM % 20000))
-    if port_is_free "$candidate"; then
-        export ROLLCALL_REGISTRY_PORT="$candidate"
-        break
-    fi
-done
-[[ -n ${ROLLCALL_REGISTRY_PORT:-} ]] || fail "no free loopback port found for the registry"
+ROLLCALL_REGISTRY_PORT="$(free_port)" || fail "no free loopback port found for the registry"
+export ROLLCALL_REGISTRY_PORT
 registry="http://127.0.0.1:$ROLLCALL_REGISTRY_PORT"
 raft_service="${ROLLCALL_STACK}_raft"
 registry_service="${ROLLCALL_STACK}_bootstrap"
