@@ -4,6 +4,10 @@
 //! whether it is starting up (retry with backoff) or heartbeating (skip this round, the next
 //! one comes soon). What it does do is fail over between the replicas of a registry.
 //!
+//! Over 700 lines because failover, its time budget and redirects are one mechanism that
+//! every call goes through, read together with the calls; the tests of that mechanism with
+//! real registries are in `crates/sidecar/tests/registry_failover.rs`.
+//!
 //! # Several registry URLs
 //!
 //! A client may be given several base URLs, the replicas of one registry (any replica answers

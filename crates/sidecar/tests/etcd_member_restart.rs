@@ -16,15 +16,9 @@ async fn killed_member_expires_then_rejoins_with_its_data_and_a_stopped_one_leav
     let temp = tempfile::tempdir().expect("tempdir");
     let logs = temp.path();
     let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
-    let nodes: Vec<EtcdNode> = ["m1", "m2", "m3"]
-        .iter()
-        .map(|n| EtcdNode::new(n, temp.path()))
-        .collect();
+    let nodes = EtcdNode::named(&["m1", "m2", "m3"], temp.path());
     let etcd = Etcd::default();
-    let mut sidecars: Vec<ProcessGuard> = nodes
-        .iter()
-        .map(|n| n.start_sidecar(&registry.url(), CLUSTER, 3, logs))
-        .collect();
+    let mut sidecars = EtcdNode::start_sidecars(&nodes, &registry.url(), CLUSTER, 3, logs);
     poll_until(
         Duration::from_secs(60),
         "three servers in the raft and the registry",

@@ -18,15 +18,9 @@ async fn a_survivor_forced_into_a_new_cluster_keeps_its_data() {
     let temp = tempfile::tempdir().expect("tempdir");
     let logs = temp.path();
     let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
-    let nodes: Vec<EtcdNode> = ["f1", "f2", "f3"]
-        .iter()
-        .map(|n| EtcdNode::new(n, temp.path()))
-        .collect();
+    let nodes = EtcdNode::named(&["f1", "f2", "f3"], temp.path());
     let etcd = Etcd::default();
-    let mut sidecars: Vec<ProcessGuard> = nodes
-        .iter()
-        .map(|n| n.start_sidecar(&registry.url(), CLUSTER, 3, logs))
-        .collect();
+    let mut sidecars = EtcdNode::start_sidecars(&nodes, &registry.url(), CLUSTER, 3, logs);
     registry.until_voters_listed(&etcd, &nodes, CLUSTER).await;
     assert!(etcd.put(&nodes[0].client_url(), "survives", "yes").await);
     // A linearizable read through the survivor: its own log holds the write (a write is
@@ -132,15 +126,9 @@ async fn force_new_cluster_from_inside_then_two_new_nodes_make_three_voters_agai
     let logs = temp.path();
     let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
     let cluster = "etcd-force-inside";
-    let nodes: Vec<EtcdNode> = ["h1", "h2", "h3"]
-        .iter()
-        .map(|n| EtcdNode::new(n, temp.path()))
-        .collect();
+    let nodes = EtcdNode::named(&["h1", "h2", "h3"], temp.path());
     let etcd = Etcd::default();
-    let mut sidecars: Vec<ProcessGuard> = nodes
-        .iter()
-        .map(|n| n.start_sidecar(&registry.url(), cluster, 3, logs))
-        .collect();
+    let mut sidecars = EtcdNode::start_sidecars(&nodes, &registry.url(), cluster, 3, logs);
     registry.until_voters_listed(&etcd, &nodes, cluster).await;
     assert!(etcd.put(&nodes[0].client_url(), "kept", "yes").await);
     assert_eq!(

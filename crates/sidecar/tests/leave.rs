@@ -24,15 +24,9 @@ async fn leave_removes_the_member_for_good_unless_it_would_cost_the_quorum() {
     let temp = tempfile::tempdir().expect("tempdir");
     let logs = temp.path();
     let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
-    let nodes: Vec<EtcdNode> = ["l1", "l2", "l3"]
-        .iter()
-        .map(|n| EtcdNode::new(n, temp.path()))
-        .collect();
+    let nodes = EtcdNode::named(&["l1", "l2", "l3"], temp.path());
     let etcd = Etcd::default();
-    let mut sidecars: Vec<ProcessGuard> = nodes
-        .iter()
-        .map(|n| n.start_sidecar(&registry.url(), CLUSTER, 3, logs))
-        .collect();
+    let mut sidecars = EtcdNode::start_sidecars(&nodes, &registry.url(), CLUSTER, 3, logs);
     registry.until_voters_listed(&etcd, &nodes, CLUSTER).await;
     let ids_before = etcd
         .members(&nodes[1].client_url())

@@ -53,11 +53,6 @@ async fn started_voters(etcd: &Etcd, via: &str) -> Option<BTreeSet<String>> {
     Some(members.into_iter().map(|(_, name, _)| name).collect())
 }
 
-/// Nodes named `names`, with their data directories under `base`.
-fn named_nodes(names: &[&str], base: &Path) -> Vec<EtcdNode> {
-    names.iter().map(|n| EtcdNode::new(n, base)).collect()
-}
-
 /// A sidecar for each of `nodes`, all at once, with the short threshold (expect 3).
 fn start_all(nodes: &[EtcdNode], registry: &str, cluster: &str, logs: &Path) -> Vec<ProcessGuard> {
     nodes
@@ -155,7 +150,7 @@ async fn three_successive_replacements_keep_the_raft_writable_and_its_data() {
     let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
     let cluster = "replaced-thrice";
     let etcd = Etcd::default();
-    let mut nodes = named_nodes(&["a1", "a2", "a3"], temp.path());
+    let mut nodes = EtcdNode::named(&["a1", "a2", "a3"], temp.path());
     let mut sidecars = start_all(&nodes, &registry.url(), cluster, logs);
     until_exactly(
         &etcd,
@@ -226,7 +221,7 @@ async fn a_killed_leader_is_removed_within_the_threshold_and_replaced() {
     let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
     let cluster = "leader-killed";
     let etcd = Etcd::default();
-    let nodes = named_nodes(&["l1", "l2", "l3"], temp.path());
+    let nodes = EtcdNode::named(&["l1", "l2", "l3"], temp.path());
     let mut sidecars = start_all(&nodes, &registry.url(), cluster, logs);
     let all: Vec<&EtcdNode> = nodes.iter().collect();
     until_exactly(&etcd, &all, Duration::from_secs(60), "three voters").await;
@@ -292,7 +287,7 @@ async fn grow_by_resize_then_shrink_by_leave_and_survive_one_more_failure() {
     let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
     let cluster = "resized";
     let etcd = Etcd::default();
-    let nodes = named_nodes(&["g1", "g2", "g3", "g4", "g5"], temp.path());
+    let nodes = EtcdNode::named(&["g1", "g2", "g3", "g4", "g5"], temp.path());
     let mut sidecars: Vec<ProcessGuard> = Vec::new();
     for node in &nodes[..3] {
         sidecars.push(start(node, &registry.url(), cluster, 3, logs));
@@ -408,7 +403,7 @@ async fn total_loss_is_refused_as_raft_lost_until_the_reset_starts_a_new_raft() 
     .await;
     let cluster = "lost";
     let etcd = Etcd::default();
-    let old = named_nodes(&["o1", "o2", "o3"], temp.path());
+    let old = EtcdNode::named(&["o1", "o2", "o3"], temp.path());
     let mut sidecars = start_all(&old, &registry.url(), cluster, logs);
     until_exactly(
         &etcd,
@@ -428,7 +423,7 @@ async fn total_loss_is_refused_as_raft_lost_until_the_reset_starts_a_new_raft() 
     for node in &old {
         let _ = std::fs::remove_dir_all(&node.data_dir);
     }
-    let fresh = named_nodes(&["f1", "f2", "f3"], temp.path());
+    let fresh = EtcdNode::named(&["f1", "f2", "f3"], temp.path());
     let mut fresh_sidecars: Vec<ProcessGuard> = fresh
         .iter()
         .map(|n| {
@@ -547,7 +542,7 @@ async fn a_staggered_full_stop_and_restart_keeps_every_member_and_key() {
     let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
     let cluster = "staggered";
     let etcd = Etcd::default();
-    let nodes = named_nodes(&["s1", "s2", "s3"], temp.path());
+    let nodes = EtcdNode::named(&["s1", "s2", "s3"], temp.path());
     let mut sidecars = start_all(&nodes, &registry.url(), cluster, logs);
     let all: Vec<&EtcdNode> = nodes.iter().collect();
     until_exactly(&etcd, &all, Duration::from_secs(60), "three voters").await;
@@ -624,7 +619,7 @@ async fn a_lost_raft_restored_from_a_snapshot_into_the_next_generation_keeps_its
     let registry = TestRegistry::start(0, &temp.path().join("registry"), logs, &[]).await;
     let cluster = "restored";
     let etcd = Etcd::default();
-    let old = named_nodes(&["b1", "b2", "b3"], temp.path());
+    let old = EtcdNode::named(&["b1", "b2", "b3"], temp.path());
     let mut sidecars = start_all(&old, &registry.url(), cluster, logs);
     until_exactly(
         &etcd,
@@ -677,7 +672,7 @@ async fn a_lost_raft_restored_from_a_snapshot_into_the_next_generation_keeps_its
     .await;
 
     // The first new node bootstraps generation 2 from the snapshot; the others join it.
-    let fresh = named_nodes(&["c1", "c2", "c3"], temp.path());
+    let fresh = EtcdNode::named(&["c1", "c2", "c3"], temp.path());
     let started = Instant::now();
     let mut first = fresh[0].sidecar_command(&registry.url(), cluster, 3);
     first.env("ROLLCALL_RESTORE_SNAPSHOT", &snapshot);

@@ -25,7 +25,7 @@ async fn form_raft(
     base: &Path,
     names: &[&str],
 ) -> (Vec<EtcdNode>, Vec<ProcessGuard>) {
-    let nodes: Vec<EtcdNode> = names.iter().map(|n| EtcdNode::new(n, base)).collect();
+    let nodes = EtcdNode::named(names, base);
     let sidecars = nodes
         .iter()
         .map(|n| {

@@ -19,6 +19,11 @@ pub struct EtcdNode {
 }
 
 impl EtcdNode {
+    /// Nodes named `names`, with their data directories under `base`.
+    pub fn named(names: &[&str], base: &Path) -> Vec<EtcdNode> {
+        names.iter().map(|n| EtcdNode::new(n, base)).collect()
+    }
+
     pub fn new(name: &str, base: &Path) -> EtcdNode {
         EtcdNode {
             name: name.to_string(),
@@ -100,6 +105,20 @@ impl EtcdNode {
         logs: &Path,
     ) -> ProcessGuard {
         self.start_sidecar_with(registry_url, cluster, expect, logs, &[])
+    }
+
+    /// A sidecar for each of `nodes`, all at once, with the default flags.
+    pub fn start_sidecars(
+        nodes: &[EtcdNode],
+        registry_url: &str,
+        cluster: &str,
+        expect: u32,
+        logs: &Path,
+    ) -> Vec<ProcessGuard> {
+        nodes
+            .iter()
+            .map(|n| n.start_sidecar(registry_url, cluster, expect, logs))
+            .collect()
     }
 
     /// [`EtcdNode::start_sidecar`] with `extra` flags.
