@@ -9,6 +9,14 @@
 //! one background task builds its successor (stale-while-revalidate), so no reader waits for a
 //! rebuild that only refreshes ages. When the membership changed, readers do wait, and only one
 //! of them builds: the others wait for its body instead of building their own (single flight).
+//!
+//! Each answer carries a weak ETag, `W/"{epoch}-{index}-{count}"`: the cache's epoch (drawn at
+//! start, because the indexes start again with the process), the cluster's index and how many
+//! members the list holds. Within one index a list can only lose members (to their deadlines:
+//! a new member or a changed record moves the index), so the three name one membership. A
+//! poller that sends it back in `If-None-Match` is answered `304` with no body. Weak because
+//! the ages in the body move while the ETag stays: it promises the same members, not the same
+//! bytes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,9 +56,46 @@ pub enum ListKind {
 }
 
 /// The cache: one slot per list.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ListCache {
     slots: Mutex<HashMap<ListKey, Arc<Slot>>>,
+    /// Drawn at start and part of every ETag, so that an ETag of an earlier run (whose indexes
+    /// may come again) never matches.
+    epoch: u64,
+}
+
+impl Default for ListCache {
+    fn default() -> Self {
+        ListCache {
+            slots: Mutex::default(),
+            epoch: rand::random(),
+        }
+    }
+}
+
+/// One list answer.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// The cluster's index the body was built at.
+    pub index: u64,
+    /// The weak ETag of the membership the body lists (see the module's documentation).
+    pub etag: String,
+    pub body: Bytes,
+}
+
+impl Listed {
+    /// Whether an `If-None-Match` value names this answer's membership: `*`, or one of its
+    /// comma-separated ETags compared weakly (a strong form of the same tag matches too).
+    pub fn matches(&self, if_none_match: &[u8]) -> bool {
+        let Ok(value) = std::str::from_utf8(if_none_match) else {
+            return false;
+        };
+        let ours = self.etag.trim_start_matches("W/");
+        value
+            .split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.trim_start_matches("W/") == ours)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +113,8 @@ struct Built {
     at: Instant,
     /// The earliest deadline among the listed members: the body may not outlive it.
     valid_until: Instant,
+    /// How many members the body lists.
+    count: usize,
     body: Bytes,
 }
 
@@ -93,18 +140,27 @@ impl Built {
 }
 
 impl ListCache {
-    /// The list for `key` as `(index, body)`: from the cache when it is exact, otherwise built.
-    pub async fn get(&self, membership: &Arc<Membership>, key: ListKey) -> (u64, Bytes) {
+    /// The list for `key`: from the cache when it is exact, otherwise built.
+    pub async fn get(&self, membership: &Arc<Membership>, key: ListKey) -> Listed {
+        let built = self.get_built(membership, key).await;
+        Listed {
+            index: built.index,
+            etag: format!("W/\"{:x}-{}-{}\"", self.epoch, built.index, built.count),
+            body: built.body,
+        }
+    }
+
+    async fn get_built(&self, membership: &Arc<Membership>, key: ListKey) -> Built {
         let slot = self.slot(&key);
         let current = membership.cluster_index(&key.cluster);
         if let Some(cached) = slot.cached() {
             match cached.freshness(current, Instant::now()) {
-                Freshness::Fresh => return (cached.index, cached.body),
+                Freshness::Fresh => return cached,
                 Freshness::AgesStale => {
                     if !slot.refreshing.swap(true, Ordering::AcqRel) {
                         spawn_refresh(membership.clone(), slot.clone(), key);
                     }
-                    return (cached.index, cached.body);
+                    return cached;
                 }
                 Freshness::Wrong => {}
             }
@@ -114,7 +170,7 @@ impl ListCache {
         let current = membership.cluster_index(&key.cluster);
         if let Some(cached) = slot.cached() {
             if !matches!(cached.freshness(current, Instant::now()), Freshness::Wrong) {
-                return (cached.index, cached.body);
+                return cached;
             }
         }
         // Serialising a large cluster takes milliseconds of CPU: keep it off the reactor.
@@ -129,7 +185,7 @@ impl ListCache {
             Err(_) => build(membership, &key),
         };
         slot.store(built.clone());
-        (built.index, built.body)
+        built
     }
 
     fn slot(&self, key: &ListKey) -> Arc<Slot> {
@@ -206,6 +262,7 @@ fn build(membership: &Membership, key: &ListKey) -> Built {
         index: members.index,
         at,
         valid_until: at + Duration::from_millis(soonest.min(60_000)),
+        count: members.members.len(),
         body: Bytes::from(body),
     }
 }
@@ -228,6 +285,7 @@ mod tests {
             index,
             at,
             valid_until: at + valid_for,
+            count: 0,
             body: Bytes::from_static(b"[]"),
         }
     }
@@ -246,6 +304,23 @@ mod tests {
             b.freshness(7, t0 + Duration::from_secs(1)),
             Freshness::Wrong
         ));
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_accepts_lists_and_the_wildcard() {
+        let listed = Listed {
+            index: 3,
+            etag: "W/\"ab-3-2\"".into(),
+            body: Bytes::new(),
+        };
+        assert!(listed.matches(b"W/\"ab-3-2\""));
+        assert!(listed.matches(b"\"ab-3-2\""));
+        assert!(listed.matches(b"\"x\", W/\"ab-3-2\""));
+        assert!(listed.matches(b"*"));
+        assert!(!listed.matches(b"W/\"ab-3-1\""));
+        assert!(!listed.matches(b"W/\"ac-3-2\""));
+        assert!(!listed.matches(b""));
+        assert!(!listed.matches(&[0xff, 0xfe]));
     }
 
     #[test]

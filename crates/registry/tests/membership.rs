@@ -273,3 +273,100 @@ async fn cached_lists_follow_changes_at_once_and_refresh_ages() {
     .await;
     assert!(aged.is_some(), "the cached list's ages never moved");
 }
+
+/// Conditional lists: `If-None-Match` with the ETag of an earlier answer is answered `304`
+/// with no body while the same members are listed, and the whole list once they change (a
+/// registration, or a member passing its deadline with no write at all), or once the registry
+/// restarted (its indexes start again, its ETags do not repeat).
+#[tokio::test]
+async fn lists_answer_304_while_their_members_are_the_same() {
+    let mut reg = TestRegistry::start_process(FAST).await;
+    let c = reg.client();
+    c.heartbeat("etag", "n1", &hb("10.0.2.1:8301", MemberRole::Server))
+        .await
+        .expect("register n1");
+    let http = reqwest::Client::new();
+    let base = reg.url();
+    let get = |path: &'static str, etag: Option<String>| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let mut request = http.get(url);
+            if let Some(etag) = etag {
+                request = request.header("if-none-match", etag);
+            }
+            let response = request.send().await.expect("list");
+            let status = response.status().as_u16();
+            let etag = response
+                .headers()
+                .get("etag")
+                .map(|v| v.to_str().expect("ascii etag").to_string());
+            let body = response.text().await.expect("body");
+            (status, etag, body)
+        }
+    };
+    for path in [
+        "/v1/clusters/etag/members",
+        "/members?cluster=etag",
+        "/members?cluster=etag&format=text",
+    ] {
+        let (status, etag, body) = get(path, None).await;
+        assert_eq!(status, 200, "{path}");
+        let etag = etag.expect("an ETag");
+        assert!(etag.starts_with("W/\""), "{etag}");
+        assert!(body.contains("10.0.2.1"), "{body}");
+        let (status, again, body) = get(path, Some(etag.clone())).await;
+        assert_eq!((status, body.as_str()), (304, ""), "{path}: unchanged");
+        assert_eq!(again.as_deref(), Some(etag.as_str()));
+        let (status, _, body) = get(path, Some("W/\"other\"".into())).await;
+        assert_eq!(status, 200, "{path}: another ETag");
+        assert!(body.contains("10.0.2.1"));
+    }
+
+    // A renewal changes nothing listed: still 304.
+    let (_, etag, _) = get("/v1/clusters/etag/members", None).await;
+    c.heartbeat("etag", "n1", &hb("10.0.2.1:8301", MemberRole::Server))
+        .await
+        .expect("renew n1");
+    let (status, _, _) = get("/v1/clusters/etag/members", etag.clone()).await;
+    assert_eq!(status, 304, "a renewal changes no member listed");
+
+    // A registration: the whole list.
+    c.heartbeat("etag", "n2", &hb("10.0.2.2:8301", MemberRole::Server))
+        .await
+        .expect("register n2");
+    let (status, two, body) = get("/v1/clusters/etag/members", etag).await;
+    assert_eq!(status, 200, "a new member changes the list");
+    assert!(body.contains("10.0.2.2"), "{body}");
+
+    // n2 renewed and n1 not: once n1 is past its deadline (TTL 2 s) the list changes, whether
+    // or not the sweep has written anything yet.
+    let renewing = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = c
+                    .heartbeat("etag", "n2", &hb("10.0.2.2:8301", MemberRole::Server))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let changed = eventually(Duration::from_secs(5), || {
+        let etag = two.clone();
+        let get = &get;
+        async move {
+            let (status, _, body) = get("/v1/clusters/etag/members", etag).await;
+            (status == 200 && !body.contains("10.0.2.1")).then_some(())
+        }
+    })
+    .await;
+    renewing.abort();
+    assert!(changed.is_some(), "n1's expiry never changed the answer");
+
+    // A restart: the ETag of the last run matches nothing.
+    let (_, before, _) = get("/members?cluster=etag", None).await;
+    reg.restart().await;
+    let (status, after, _) = get("/members?cluster=etag", before.clone()).await;
+    assert_eq!(status, 200, "an ETag of the last run matched");
+    assert_ne!(after, before);
+}

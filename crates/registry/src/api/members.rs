@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use rollcall_protocol::openapi::name_schema;
@@ -152,10 +152,14 @@ pub(super) async fn get_member(
     path = "/v1/clusters/{cluster}/members",
     tag = "members",
     summary = "Live members, freshest first; a blocking read with `index` and `wait`",
-    params(ClusterPath, MembersQuery),
+    params(ClusterPath, MembersQuery,
+        ("If-None-Match" = Option<String>, Header, description = "an ETag of an earlier answer: 304 while the members are the same")),
     responses(
         (status = 200, description = "the live members", body = MembersResponse,
-            headers(("x-rollcall-index" = u64, description = "the cluster's membership index"))),
+            headers(("x-rollcall-index" = u64, description = "the cluster's membership index"),
+                ("etag" = String, description = "weak: names the listed members, not the ages"))),
+        (status = 304, description = "`If-None-Match` names the same members: no body",
+            headers(("x-rollcall-index" = u64), ("etag" = String))),
         ListStreamingError
     )
 )]
@@ -163,6 +167,7 @@ pub(super) async fn list_members(
     State(state): State<AppState>,
     ApiPath(ClusterPath { cluster }): ApiPath<ClusterPath>,
     ApiQuery(query): ApiQuery<MembersQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ListStreamingError> {
     validate_name(NameKind::Cluster, &cluster)?;
     let wait = match query.wait.as_deref() {
@@ -189,8 +194,8 @@ pub(super) async fn list_members(
         role: query.role,
         kind: ListKind::Members,
     };
-    let (index, body) = state.lists.get(&state.membership, key).await;
-    Ok(list_response(index, "application/json", body))
+    let listed = state.lists.get(&state.membership, key).await;
+    Ok(list_response(listed, "application/json", &headers))
 }
 
 /// Blocks until `cluster`'s index differs from `index`, `wait` passes, or shutdown begins.
@@ -231,18 +236,23 @@ async fn wait_for_change(
     path = "/members",
     tag = "members",
     summary = "Join addresses of a cluster, as JSON or (format=text) one host:port per line",
-    params(JoinQuery),
+    params(JoinQuery,
+        ("If-None-Match" = Option<String>, Header, description = "an ETag of an earlier answer: 304 while the members are the same")),
     responses(
         (status = 200, description = "the addresses", content(
             (JoinTargetsResponse = "application/json"),
             (String = "text/plain")
-        ), headers(("x-rollcall-index" = u64, description = "the cluster's membership index"))),
+        ), headers(("x-rollcall-index" = u64, description = "the cluster's membership index"),
+            ("etag" = String, description = "weak: names the listed addresses' members"))),
+        (status = 304, description = "`If-None-Match` names the same members: no body",
+            headers(("x-rollcall-index" = u64), ("etag" = String))),
         ListQueryError
     )
 )]
 pub(super) async fn join_targets(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<JoinQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ListQueryError> {
     let cluster = query.cluster.unwrap_or_else(|| DEFAULT_CLUSTER.to_string());
     validate_name(NameKind::Cluster, &cluster)?;
@@ -256,6 +266,6 @@ pub(super) async fn join_targets(
         role: query.role,
         kind,
     };
-    let (index, body) = state.lists.get(&state.membership, key).await;
-    Ok(list_response(index, content_type, body))
+    let listed = state.lists.get(&state.membership, key).await;
+    Ok(list_response(listed, content_type, &headers))
 }

@@ -18,9 +18,8 @@ mod operations;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -28,7 +27,7 @@ use rollcall_protocol::INDEX_HEADER;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Denied, Tokens};
-use crate::lists::ListCache;
+use crate::lists::{ListCache, Listed};
 use crate::membership::{Durability, Membership};
 use crate::watchers::Watchers;
 
@@ -156,11 +155,25 @@ fn index_header(index: u64) -> [(&'static str, HeaderValue); 1] {
     [(INDEX_HEADER, HeaderValue::from(index))]
 }
 
-fn list_response(index: u64, content_type: &'static str, body: Bytes) -> Response {
-    (
-        index_header(index),
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        body,
-    )
-        .into_response()
+/// A list answer: the body with its index and ETag, or `304 Not Modified` (no body, the same
+/// headers) when the request's `If-None-Match` names the same membership.
+fn list_response(listed: Listed, content_type: &'static str, request: &HeaderMap) -> Response {
+    let etag = HeaderValue::from_str(&listed.etag).ok();
+    let unchanged = request
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| listed.matches(v.as_bytes()));
+    let mut response = if unchanged {
+        (StatusCode::NOT_MODIFIED, index_header(listed.index)).into_response()
+    } else {
+        (
+            index_header(listed.index),
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            listed.body,
+        )
+            .into_response()
+    };
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
 }
