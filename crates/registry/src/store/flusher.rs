@@ -1,6 +1,7 @@
 //! The group-commit flusher: one thread that makes sled's log durable for every request waiting
-//! on it, with one commit per batch: the commit's number into sled, one `flush` and one
-//! `fdatasync` of sled's log, the copy of grants and histories when it changed, the high-water
+//! on it, with one commit per batch: the writes queued since the last commit applied to sled in
+//! the order they were made, the commit's number into sled, one `flush` and one `fdatasync` of
+//! sled's log, the copy of grants and histories when it changed, the high-water
 //! mark (see [`super::integrity`]), and a check that the data directory is still the one the
 //! store opened.
 //!
@@ -22,6 +23,37 @@ pub(super) type FlushReply = oneshot::Sender<Result<(), StoreError>>;
 /// The key of the commit number in sled's `meta` tree.
 pub(super) const COMMIT_KEY: &[u8] = b"commit";
 
+/// A commit is made at least this often while writes are queued, even if nobody waits on one:
+/// a status change (answered without waiting) reaches the disk within it.
+pub(super) const QUEUED_WRITES_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Which of the store's trees a queued write goes to.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum TreeName {
+    Members,
+    Claims,
+    Grants,
+    History,
+}
+
+/// One write the registry made, not yet applied to sled.
+#[derive(Debug)]
+pub(super) struct Queued {
+    pub(super) tree: TreeName,
+    pub(super) key: Vec<u8>,
+    /// `None` removes the key.
+    pub(super) value: Option<Vec<u8>>,
+}
+
+/// The trees queued writes are applied to.
+#[derive(Debug)]
+pub(super) struct Trees {
+    pub(super) members: sled::Tree,
+    pub(super) claims: sled::Tree,
+    pub(super) grants: sled::Tree,
+    pub(super) history: sled::Tree,
+}
+
 /// What the flusher last did, for `/health`.
 #[derive(Debug, Default)]
 pub(super) struct FlusherStats {
@@ -42,6 +74,9 @@ pub(super) struct CopyState {
 /// [`super::Store::flush_blocking`] at shutdown.
 #[derive(Debug)]
 pub(super) struct Committer {
+    /// The writes made since the last commit took them, in the order they were made.
+    pub(super) queue: Arc<Mutex<Vec<Queued>>>,
+    pub(super) trees: Trees,
     pub(super) db: sled::Db,
     pub(super) meta: sled::Tree,
     /// sled's log, for the `fdatasync` sled 0.34 does not do itself.
@@ -62,13 +97,22 @@ impl Committer {
     /// One commit. Everything written to sled before this call is durable when it returns `Ok`,
     /// and the mark says so.
     pub(super) fn commit(&mut self) -> Result<Mark, StoreError> {
+        if let Some(message) = self.lost.get() {
+            return Err(StoreError {
+                message: message.clone(),
+                disk_full: false,
+                unavailable: false,
+            });
+        }
         let mut mark = Mark {
             commit: self.last.commit + 1,
+            // Read before the queue is taken: every write counted is in it (`enqueue`).
             writes: self.writes.load(Ordering::SeqCst),
             copy_commit: self.last.copy_commit,
         };
         // Taken even if this commit fails: a number is never used twice.
         self.last = mark;
+        self.apply_queue()?;
         // After every write this commit covers in sled's log: a sled that recovers this
         // number recovered those writes.
         self.meta.insert(COMMIT_KEY, mark.to_meta())?;
@@ -82,6 +126,53 @@ impl Committer {
         }
         self.last = mark;
         result.map(|()| mark)
+    }
+
+    /// Whether writes wait in the queue.
+    pub(super) fn has_queued(&self) -> bool {
+        !self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Applies the queued writes to sled in the order they were made. Fail-stop: a write sled
+    /// refuses here was already decided and applied in the registry's memory, which disk no
+    /// longer matches, so storage is lost for good (every later write refused, `/health`
+    /// failing) and the registry's memory is only made whole again by a restart, which loads
+    /// what sled holds. Nobody waiting on this commit or a later one is acknowledged.
+    pub(super) fn apply_queue(&mut self) -> Result<(), StoreError> {
+        let queued = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let n = queued.len();
+        for (i, q) in queued.into_iter().enumerate() {
+            let tree = match q.tree {
+                TreeName::Members => &self.trees.members,
+                TreeName::Claims => &self.trees.claims,
+                TreeName::Grants => &self.trees.grants,
+                TreeName::History => &self.trees.history,
+            };
+            let result = match q.value {
+                Some(value) => tree.insert(q.key, value).map(|_| ()),
+                None => tree.remove(q.key).map(|_| ()),
+            };
+            if let Err(e) = result {
+                let e = StoreError::from(e);
+                let lost = lose(
+                    &self.lost,
+                    format!(
+                        "sled refused a queued write ({} of {n} left unapplied): {}; the registry's memory holds changes its disk does not, so every write is refused until a restart reloads what the disk holds",
+                        n - i,
+                        e.message
+                    ),
+                );
+                return Err(StoreError {
+                    disk_full: e.disk_full,
+                    ..lost
+                });
+            }
+        }
+        Ok(())
     }
 
     fn make_durable(&mut self, mark: &mut Mark, copy: Option<&Decisive>) -> Result<(), StoreError> {
@@ -134,7 +225,24 @@ pub(super) fn run_flusher(
     requests: mpsc::Receiver<FlushReply>,
     stats: Arc<FlusherStats>,
 ) {
-    while let Ok(first) = requests.recv() {
+    loop {
+        let first = match requests.recv_timeout(QUEUED_WRITES_MAX_AGE) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Nobody waits, but writes that were answered at once must reach the disk too.
+                let mut committer = committer.lock().unwrap_or_else(|e| e.into_inner());
+                if committer.has_queued() {
+                    let result = committer.commit();
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e.message, "the periodic commit of queued writes failed");
+                    }
+                    *stats.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                        result.err().map(|e| e.message);
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = vec![first];
         batch.extend(requests.try_iter());
         let started = Instant::now();

@@ -25,12 +25,20 @@
 //!
 //! # Durability
 //!
-//! Writes go into sled's in-memory log; [`SledStore::flush`] makes them durable. One flusher
-//! thread serves every waiting request with one commit (group commit): the commit's number
-//! into `meta`, one blocking `sled::Db::flush`, an `fdatasync` of sled's log, the copy when a
-//! grant or history changed, the mark, and a check that the data directory is still the one
-//! opened. A commit started after a write was made covers it, and all writes that arrived
-//! while a commit ran share the next one.
+//! A write (`put_*`, `delete_*`) is encoded and queued, in the order the registry decided it,
+//! and returns: sled itself is never touched under the membership's lock, so a sled insert
+//! that pages a node in from disk, or waits for sled's own IO buffers, delays the flusher and
+//! not every request behind the lock. [`SledStore::flush`] makes the queue durable. One flusher
+//! thread serves every waiting request with one commit (group commit): the queued writes
+//! applied to sled in order, the commit's number into `meta`, one blocking `sled::Db::flush`,
+//! an `fdatasync` of sled's log, the copy when a grant or history changed, the mark, and a
+//! check that the data directory is still the one opened. A commit started after a write was
+//! made covers it, and all writes that arrived while a commit ran share the next one. With
+//! writes queued and nobody waiting, the flusher commits within a second anyway.
+//!
+//! Fail-stop: sled refusing a queued write marks storage lost for good (the registry's memory
+//! already holds the change); every later write is refused and `/health` fails until a restart
+//! reloads memory from what the disk holds. Nobody waiting on that commit is acknowledged.
 //!
 //! At start ([`SledStore::open_checked`]) sled's commit number is compared with the mark: below
 //! it, sled lost acknowledged writes and the store refuses to open ([`DataLossRefused`]) unless
@@ -48,7 +56,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::sync::oneshot;
 
 use super::flusher::{
-    io_error, lose, run_flusher, Committer, CopyState, FlushReply, FlusherStats, COMMIT_KEY,
+    io_error, lose, run_flusher, Committer, CopyState, FlushReply, FlusherStats, Queued, TreeName,
+    Trees, COMMIT_KEY,
 };
 use super::integrity::{
     grant_is_ahead, history_changes_decisively, history_is_ahead, judge, read_copy, read_mark,
@@ -66,6 +75,9 @@ pub struct SledStore {
     claims: sled::Tree,
     grants: sled::Tree,
     history: sled::Tree,
+    /// Writes made and not yet applied to sled: the flusher applies them, in order, as the
+    /// first step of its next commit (see the module's documentation).
+    queue: Arc<Mutex<Vec<Queued>>>,
     flush_requests: mpsc::Sender<FlushReply>,
     flusher: Arc<FlusherStats>,
     /// The commit the flusher thread and the final flush share.
@@ -240,8 +252,16 @@ impl SledStore {
             dirty: true,
         }));
         let lost = Arc::new(OnceLock::new());
+        let queue = Arc::new(Mutex::new(Vec::new()));
         let mut committer = Committer {
             lost: lost.clone(),
+            queue: queue.clone(),
+            trees: Trees {
+                members: members.clone(),
+                claims: claims.clone(),
+                grants: grants.clone(),
+                history: history.clone(),
+            },
             db: db.clone(),
             meta,
             log_file,
@@ -278,6 +298,7 @@ impl SledStore {
             claims,
             grants,
             history,
+            queue,
             flush_requests: tx,
             flusher,
             committer,
@@ -290,6 +311,11 @@ impl SledStore {
 
     /// Reads every stored record. Records that do not decode are skipped and logged.
     pub fn load(&self) -> Result<Loaded, StoreError> {
+        // Writes still queued are part of what the store holds.
+        self.committer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply_queue()?;
         let mut loaded = Loaded::default();
         for (key, record) in load_tree::<MemberRecord>(&self.members, &mut loaded.n_skipped)? {
             match split_key(&key) {
@@ -325,15 +351,13 @@ impl SledStore {
         record: &MemberRecord,
     ) -> Result<(), StoreError> {
         self.refuse_when_lost()?;
-        self.members.insert(key(cluster, node), encode(record))?;
-        self.count_write();
+        self.enqueue(TreeName::Members, key(cluster, node), Some(encode(record)));
         Ok(())
     }
 
     pub fn delete_member(&self, cluster: &str, node: &str) -> Result<(), StoreError> {
         self.refuse_when_lost()?;
-        self.members.remove(key(cluster, node))?;
-        self.count_write();
+        self.enqueue(TreeName::Members, key(cluster, node), None);
         Ok(())
     }
 
@@ -344,23 +368,20 @@ impl SledStore {
         record: &ClaimRecord,
     ) -> Result<(), StoreError> {
         self.refuse_when_lost()?;
-        self.claims.insert(key(cluster, node), encode(record))?;
-        self.count_write();
+        self.enqueue(TreeName::Claims, key(cluster, node), Some(encode(record)));
         Ok(())
     }
 
     pub fn delete_claim(&self, cluster: &str, node: &str) -> Result<(), StoreError> {
         self.refuse_when_lost()?;
-        self.claims.remove(key(cluster, node))?;
-        self.count_write();
+        self.enqueue(TreeName::Claims, key(cluster, node), None);
         Ok(())
     }
 
     /// Stores a grant, and marks the copy for the next commit when it changed.
     pub fn put_grant(&self, cluster: &str, record: &GrantRecord) -> Result<(), StoreError> {
         self.refuse_when_lost()?;
-        self.grants.insert(cluster.as_bytes(), encode(record))?;
-        self.count_write();
+        self.enqueue(TreeName::Grants, cluster.into(), Some(encode(record)));
         let mut copy = self.copy.lock().unwrap_or_else(|e| e.into_inner());
         if copy.decisive.grants.get(cluster) != Some(record) {
             copy.decisive
@@ -375,8 +396,7 @@ impl SledStore {
     /// time changed.
     pub fn put_history(&self, cluster: &str, record: &HistoryRecord) -> Result<(), StoreError> {
         self.refuse_when_lost()?;
-        self.history.insert(cluster.as_bytes(), encode(record))?;
-        self.count_write();
+        self.enqueue(TreeName::History, cluster.into(), Some(encode(record)));
         let mut copy = self.copy.lock().unwrap_or_else(|e| e.into_inner());
         let decisive = history_changes_decisively(copy.decisive.histories.get(cluster), record);
         copy.decisive
@@ -390,9 +410,8 @@ impl SledStore {
     /// The copy forgets them too, so that a restart does not write them back.
     pub fn delete_cluster(&self, cluster: &str) -> Result<(), StoreError> {
         self.refuse_when_lost()?;
-        self.grants.remove(cluster.as_bytes())?;
-        self.history.remove(cluster.as_bytes())?;
-        self.count_write();
+        self.enqueue(TreeName::Grants, cluster.into(), None);
+        self.enqueue(TreeName::History, cluster.into(), None);
         let mut copy = self.copy.lock().unwrap_or_else(|e| e.into_inner());
         let had_grant = copy.decisive.grants.remove(cluster).is_some();
         let had_history = copy.decisive.histories.remove(cluster).is_some();
@@ -413,7 +432,14 @@ impl SledStore {
         self.lost().map_or(Ok(()), Err)
     }
 
-    fn count_write(&self) {
+    /// Queues one write for the flusher's next commit (`None`: a removal), and counts it
+    /// after it is queued, so that a commit that reads the count finds at least that many
+    /// writes in the queue.
+    fn enqueue(&self, tree: TreeName, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Queued { tree, key, value });
         self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
