@@ -150,6 +150,10 @@ struct SuiteArgs {
     /// The fixed-rate phase offers this fraction of the closed-loop throughput.
     #[arg(long, default_value_t = 0.7)]
     rate_fraction: f64,
+    /// How many times each fixed-rate phase runs; it is judged by the worst [default: 3,
+    /// smoke 2].
+    #[arg(long)]
+    repetitions: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -221,6 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 list_target_rate: if smoke { 200.0 } else { 1_000.0 },
                 ttl_secs: 600,
                 smoke,
+                repetitions: args.repetitions.unwrap_or(if smoke { 2 } else { 3 }),
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(args.client_threads.max(1))

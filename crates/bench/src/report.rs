@@ -6,14 +6,17 @@ use std::fmt::Write as _;
 use crate::suite::{Report, Row};
 use crate::systems::System;
 
-/// The issue's targets (issue 5), as numbers.
-const RENEWAL_CEILING_RATIO: f64 = 0.6;
+/// The targets (issue 5, raised by issue 17), as numbers.
+const RENEWAL_CEILING_RATIO: f64 = 0.7;
+const REGISTRATION_REDIS_RATIO: f64 = 0.8;
 const RENEWAL_ETCD_RATIO: f64 = 5.0;
 const REGISTRATIONS_PER_SECOND: f64 = 20_000.0;
 const REGISTRATION_P99_MS: f64 = 10.0;
 const LIST_LARGE_P99_MS: f64 = 5.0;
 const MEMORY_BASE_MIB: f64 = 64.0;
 const MEMORY_PER_MEMBER_KIB: f64 = 1.0;
+/// Issue 17: at the large population, whatever its size.
+const MEMORY_LARGE_MIB: f64 = 100.0;
 const RESTART_ANSWER_MS: f64 = 1000.0;
 const IDLE_CPU_PERCENT: f64 = 1.0;
 
@@ -57,15 +60,15 @@ fn ms(v: f64) -> String {
 /// The main table as Markdown (also readable in a terminal).
 pub fn table(report: &Report) -> String {
     let mut out = String::new();
-    out.push_str("| workload | system | mode | conns | offered req/s | achieved req/s | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB |\n");
-    out.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| workload | system | mode | conns | offered req/s | achieved req/s | p50 ms | p99 ms | p99 ms, median repetition | p99.9 ms | errors | peak RSS MiB |\n");
+    out.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for workload in workloads(report) {
         for system in systems(report) {
             for mode in ["closed", "fixed", "fixed@target"] {
                 if let Some(r) = find(report, system, &workload, mode) {
                     let _ = writeln!(
                         out,
-                        "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {:.0} |",
+                        "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {:.0} |",
                         r.workload,
                         system.label(),
                         r.mode,
@@ -76,6 +79,11 @@ pub fn table(report: &Report) -> String {
                         r.throughput,
                         ms(r.p50_ms),
                         ms(r.p99_ms),
+                        if r.repetitions.is_empty() {
+                            "–".to_string()
+                        } else {
+                            format!("{} (of {})", ms(r.median_p99_ms()), r.repetitions.len())
+                        },
                         ms(r.p999_ms),
                         r.errors,
                         r.peak_rss_mib
@@ -234,7 +242,9 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
         .rfind(|w| w.starts_with("register-") && w != "register-1");
     if let Some(w) = reg_workload {
         let closed = find(report, System::Registry, &w, "closed");
+        let fixed = find(report, System::Registry, &w, "fixed");
         let at_target = find(report, System::Registry, &w, "fixed@target");
+        let redis = find(report, System::Redis, &w, "closed");
         checks.push(TargetCheck {
             target: format!("{w}: ≥ {REGISTRATIONS_PER_SECOND:.0} durable registrations/s"),
             measured: closed
@@ -243,23 +253,42 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
             met: closed.map(|c| c.throughput >= REGISTRATIONS_PER_SECOND),
         });
         checks.push(TargetCheck {
-            target: format!(
-                "{w}: p99 < {REGISTRATION_P99_MS} ms at {REGISTRATIONS_PER_SECOND:.0}/s"
-            ),
-            measured: at_target
-                .map(|t| {
-                    format!(
-                        "p99 {} ms at {:.0}/s offered ({:.0}/s achieved)",
-                        ms(t.p99_ms),
-                        t.offered_rate.unwrap_or(0.0),
-                        t.throughput
-                    )
-                })
-                .unwrap_or_else(|| "not run".into()),
-            met: at_target.map(|t| {
-                t.p99_ms < REGISTRATION_P99_MS && t.throughput >= 0.95 * REGISTRATIONS_PER_SECOND
-            }),
+            target: format!("{w}: ≥ {REGISTRATION_REDIS_RATIO}× Redis's closed loop"),
+            measured: match (closed, redis) {
+                (Some(c), Some(r)) => format!(
+                    "{:.0} / {:.0} = {:.2}×",
+                    c.throughput,
+                    r.throughput,
+                    c.throughput / r.throughput
+                ),
+                _ => "no Redis run".into(),
+            },
+            met: match (closed, redis) {
+                (Some(c), Some(r)) => Some(c.throughput >= REGISTRATION_REDIS_RATIO * r.throughput),
+                _ => None,
+            },
         });
+        for (row, at) in [
+            (
+                at_target,
+                format!(
+                    "{:.0}/s",
+                    at_target.and_then(|t| t.offered_rate).unwrap_or(0.0)
+                ),
+            ),
+            (fixed, "0.7× the closed loop".to_string()),
+        ] {
+            checks.push(TargetCheck {
+                target: format!("{w}: p99 < {REGISTRATION_P99_MS} ms at {at}, worst repetition"),
+                measured: row
+                    .map(worst_and_median)
+                    .unwrap_or_else(|| "not run".into()),
+                met: row.map(|t| {
+                    let offered = t.offered_rate.unwrap_or(0.0);
+                    t.p99_ms < REGISTRATION_P99_MS && t.throughput >= 0.95 * offered
+                }),
+            });
+        }
     }
     if let Some(w) = workloads(report)
         .into_iter()
@@ -267,25 +296,28 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
     {
         let fixed = find(report, System::Registry, &w, "fixed");
         let at_target = find(report, System::Registry, &w, "fixed@target");
-        let describe = |r: &Row| {
-            format!(
-                "p99 {} ms at {:.0}/s",
-                ms(r.p99_ms),
-                r.offered_rate.unwrap_or(0.0)
-            )
-        };
         // Judged at the listing target rate when that phase ran; the 0.7× phase is shown too.
         let judged = at_target.or(fixed);
         checks.push(TargetCheck {
-            target: format!("{w}: p99 < {LIST_LARGE_P99_MS} ms"),
+            target: format!("{w}: p99 < {LIST_LARGE_P99_MS} ms, worst repetition"),
             measured: match (at_target, fixed) {
-                (Some(t), Some(f)) => format!("{} (fixed phase: {})", describe(t), describe(f)),
-                (None, Some(f)) => describe(f),
+                (Some(t), Some(f)) => format!(
+                    "{} (at 0.7× the closed loop: {})",
+                    worst_and_median(t),
+                    worst_and_median(f)
+                ),
+                (None, Some(f)) => worst_and_median(f),
                 _ => "not run".into(),
             },
             met: judged.map(|f| f.p99_ms < LIST_LARGE_P99_MS),
         });
     }
+    let largest = report
+        .resources
+        .iter()
+        .filter(|r| r.system == System::Registry)
+        .map(|r| r.members)
+        .max();
     for r in report
         .resources
         .iter()
@@ -297,6 +329,18 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
                 target: format!("idle CPU < {IDLE_CPU_PERCENT}% with {} members", r.members),
                 measured: format!("{cpu:.2}% of a core"),
                 met: Some(cpu < IDLE_CPU_PERCENT),
+            });
+        } else if Some(r.members) == largest && !report.smoke {
+            checks.push(TargetCheck {
+                target: format!(
+                    "peak memory ≤ {MEMORY_LARGE_MIB:.0} MiB at {} members",
+                    r.members
+                ),
+                measured: format!(
+                    "peak RSS {:.0} MiB (now {:.0} MiB)",
+                    r.peak_rss_mib, r.rss_mib
+                ),
+                met: Some(r.peak_rss_mib <= MEMORY_LARGE_MIB),
             });
         } else {
             let limit = MEMORY_BASE_MIB + MEMORY_PER_MEMBER_KIB * r.members as f64 / 1024.0;
@@ -330,6 +374,18 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
         });
     }
     checks
+}
+
+/// A fixed-rate row's p99: the worst repetition's, the median's, and where it was offered.
+fn worst_and_median(r: &Row) -> String {
+    format!(
+        "p99 {} ms worst, {} ms median of {} at {:.0}/s offered ({:.0}/s achieved in the worst)",
+        ms(r.p99_ms),
+        ms(r.median_p99_ms()),
+        r.repetitions.len().max(1),
+        r.offered_rate.unwrap_or(0.0),
+        r.throughput
+    )
 }
 
 fn targets_table(report: &Report) -> String {
@@ -417,7 +473,7 @@ pub fn markdown(report: &Report, analysis: Option<&str>) -> String {
     }
     out.push_str("\n### Restart after `kill -9`, idle CPU, memory\n\n");
     out.push_str(&restart_and_resources(report));
-    out.push_str("\n### Targets (issue 5)\n\n");
+    out.push_str("\n### Targets (issue 5, raised by issue 17)\n\nA fixed-rate target counts as met only when the worst of its repetitions meets it.\n\n");
     out.push_str(&targets_table(report));
     if let Some(a) = analysis {
         out.push('\n');
