@@ -208,7 +208,7 @@ fn term_router(
     replica: Option<Arc<replica::Replica>>,
     stop_streams: tokio_util::sync::CancellationToken,
 ) -> axum::Router {
-    let state = AppState {
+    let state = AppState::new(api::Shared {
         membership: membership.clone(),
         tokens: Arc::new(config.tokens.clone()),
         shutdown: stop_streams,
@@ -217,7 +217,7 @@ fn term_router(
         dashboard: Default::default(),
         watchers: watchers::Watchers::new(config.max_watchers),
         replica,
-    };
+    });
     api::router(
         state,
         HttpLimits {

@@ -34,9 +34,28 @@ use crate::watchers::Watchers;
 pub use error::ApiError;
 pub use openapi::{openapi_document, ApiDoc};
 
-/// What the handlers share.
+/// What the handlers share: one `Arc`, because axum clones the state for every extractor of
+/// every request, and cloning each field's own `Arc` (and the cancellation token's, which
+/// takes a lock) cost 4% of the CPU of a renewal in a profile at 58k renewals/s.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The fields of [`AppState`].
+#[derive(Debug)]
+pub struct Shared {
     pub membership: Arc<Membership>,
     pub tokens: Arc<Tokens>,
     /// Cancelled when shutdown begins, so that long polls and event streams end at once
