@@ -35,6 +35,9 @@ pub(super) struct Changes {
     /// The global index when the watched clusters were last compared: no cluster's index can
     /// have moved while it stays the same. Written only under the state lock.
     compared_at_index: AtomicU64,
+    /// The last `events` sent on `all`: a renewal changes nothing, and then [`Changes::wake_all`]
+    /// returns without taking the channel's write lock.
+    sent_events: AtomicU64,
 }
 
 /// A blocking read's subscription to one cluster's index. Dropping it removes the cluster's
@@ -59,6 +62,7 @@ impl Changes {
             all: watch::channel(0).0,
             by_cluster: Arc::default(),
             compared_at_index: AtomicU64::new(0),
+            sent_events: AtomicU64::new(0),
         }
     }
 
@@ -81,6 +85,9 @@ impl Changes {
 
     /// Wakes every follower of all changes, when `events` is new to them.
     pub fn wake_all(&self, events: u64) {
+        if self.sent_events.swap(events, Ordering::Relaxed) == events {
+            return;
+        }
         self.all.send_if_modified(|seen| {
             let changed = *seen != events;
             *seen = events;
