@@ -126,8 +126,9 @@ impl SledStore {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
-            // Durability comes from our own flushes; sled's periodic background flush is kept
-            // as a second line for writes that do not wait (status changes, expiries).
+            // Durability comes from our own commits: every write reaches sled through one (the
+            // flusher applies the queue, then flushes), within a second even when nobody
+            // waits. sled's own periodic flush is left on; it finds nothing a commit left.
             .flush_every_ms(Some(1000))
             .open()
             .map_err(StoreError::from)?;
