@@ -90,19 +90,15 @@ pub(super) struct Committer {
     pub(super) writes: Arc<AtomicU64>,
     pub(super) copy: Arc<Mutex<CopyState>>,
     /// Set, for good, when the data directory is found removed or replaced.
-    pub(super) lost: Arc<OnceLock<String>>,
+    pub(super) lost: Arc<OnceLock<StoreError>>,
 }
 
 impl Committer {
     /// One commit. Everything written to sled before this call is durable when it returns `Ok`,
     /// and the mark says so.
     pub(super) fn commit(&mut self) -> Result<Mark, StoreError> {
-        if let Some(message) = self.lost.get() {
-            return Err(StoreError {
-                message: message.clone(),
-                disk_full: false,
-                unavailable: false,
-            });
+        if let Some(lost) = self.lost.get() {
+            return Err(lost.clone());
         }
         let mut mark = Mark {
             commit: self.last.commit + 1,
@@ -158,18 +154,18 @@ impl Committer {
             };
             if let Err(e) = result {
                 let e = StoreError::from(e);
-                let lost = lose(
+                return Err(lose_with(
                     &self.lost,
-                    format!(
-                        "sled refused a queued write ({} of {n} left unapplied): {}; the registry's memory holds changes its disk does not, so every write is refused until a restart reloads what the disk holds",
-                        n - i,
-                        e.message
-                    ),
-                );
-                return Err(StoreError {
-                    disk_full: e.disk_full,
-                    ..lost
-                });
+                    StoreError {
+                        message: format!(
+                            "sled refused a queued write ({} of {n} left unapplied): {}; the registry's memory holds changes its disk does not, so every write is refused until a restart reloads what the disk holds",
+                            n - i,
+                            e.message
+                        ),
+                        // A full disk stays a 507 for as long as writes are refused.
+                        ..e
+                    },
+                ));
             }
         }
         Ok(())
@@ -197,15 +193,23 @@ impl Committer {
 }
 
 /// Records that storage is lost for good (the first reason stays) and says so.
-pub(super) fn lose(lost: &OnceLock<String>, message: String) -> StoreError {
-    if lost.set(message.clone()).is_ok() {
-        tracing::error!(reason = %message, "storage is lost: from now on every write is refused and /health fails; restart the registry on a data directory");
+pub(super) fn lose(lost: &OnceLock<StoreError>, message: String) -> StoreError {
+    lose_with(
+        lost,
+        StoreError {
+            message,
+            disk_full: false,
+            unavailable: false,
+        },
+    )
+}
+
+/// [`lose`] with the error as it is, so that a full disk keeps answering 507.
+pub(super) fn lose_with(lost: &OnceLock<StoreError>, error: StoreError) -> StoreError {
+    if lost.set(error.clone()).is_ok() {
+        tracing::error!(reason = %error.message, "storage is lost: from now on every write is refused and /health fails; restart the registry on a data directory (with free space)");
     }
-    StoreError {
-        message,
-        disk_full: false,
-        unavailable: false,
-    }
+    error
 }
 
 /// An I/O error as a `StoreError`, 507 when the disk is full.

@@ -90,7 +90,7 @@ pub struct SledStore {
     place: Place,
     /// Set for good when the data directory or the mark file is found removed or replaced:
     /// nothing written from then on can reach the disk, so every write is refused.
-    lost: Arc<OnceLock<String>>,
+    lost: Arc<OnceLock<StoreError>>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -422,11 +422,7 @@ impl SledStore {
 
     /// Why storage is lost for good, if it is (see [`Store::check`]).
     pub fn lost(&self) -> Option<StoreError> {
-        self.lost.get().map(|message| StoreError {
-            message: message.clone(),
-            disk_full: false,
-            unavailable: false,
-        })
+        self.lost.get().cloned()
     }
 
     fn refuse_when_lost(&self) -> Result<(), StoreError> {
