@@ -112,11 +112,6 @@ impl Row {
     pub fn median_p99_ms(&self) -> f64 {
         median(self.repetitions.iter().map(|r| r.p99_ms)).unwrap_or(self.p99_ms)
     }
-
-    /// The median repetition's throughput (the row's own when it has no repetitions).
-    pub fn median_throughput(&self) -> f64 {
-        median(self.repetitions.iter().map(|r| r.throughput)).unwrap_or(self.throughput)
-    }
 }
 
 fn median(values: impl Iterator<Item = f64>) -> Option<f64> {

@@ -19,6 +19,25 @@ fn hb(address: &str, role: MemberRole) -> HeartbeatRequest {
     }
 }
 
+/// Heartbeats `node` as a server every `every` until the returned task is aborted.
+fn keep_renewing(
+    c: &rollcall_protocol::RegistryClient,
+    cluster: &'static str,
+    node: &'static str,
+    address: &'static str,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let c = c.clone();
+    tokio::spawn(async move {
+        loop {
+            let _ = c
+                .heartbeat(cluster, node, &hb(address, MemberRole::Server))
+                .await;
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
 #[tokio::test]
 async fn register_renew_list_and_leave() {
     let reg = TestRegistry::start(FAST).await;
@@ -124,17 +143,7 @@ async fn member_expires_within_ttl_plus_one_second() {
     c.heartbeat("exp", "stays", &hb("10.0.0.2:1", MemberRole::Server))
         .await
         .expect("register");
-    let stays = {
-        let c = c.clone();
-        tokio::spawn(async move {
-            for _ in 0..20 {
-                let _ = c
-                    .heartbeat("exp", "stays", &hb("10.0.0.2:1", MemberRole::Server))
-                    .await;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        })
-    };
+    let stays = keep_renewing(&c, "exp", "stays", "10.0.0.2:1", Duration::from_millis(250));
     let gone_after = eventually(Duration::from_secs(4), || {
         let c = c.clone();
         async move {
@@ -340,17 +349,13 @@ async fn lists_answer_304_while_their_members_are_the_same() {
 
     // n2 renewed and n1 not: once n1 is past its deadline (TTL 2 s) the list changes, whether
     // or not the sweep has written anything yet.
-    let renewing = {
-        let c = c.clone();
-        tokio::spawn(async move {
-            loop {
-                let _ = c
-                    .heartbeat("etag", "n2", &hb("10.0.2.2:8301", MemberRole::Server))
-                    .await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-    };
+    let renewing = keep_renewing(
+        &c,
+        "etag",
+        "n2",
+        "10.0.2.2:8301",
+        Duration::from_millis(200),
+    );
     let changed = eventually(Duration::from_secs(5), || {
         let etag = two.clone();
         let get = &get;
