@@ -78,6 +78,7 @@ pub async fn run(
     };
     crate::telemetry::prometheus();
     crate::telemetry::register_limits();
+    let _upkeep = crate::telemetry::spawn_upkeep(crate::telemetry::UPKEEP_INTERVAL);
     let local = listener
         .local_addr()
         .context("listener has no local address")?;

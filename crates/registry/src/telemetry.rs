@@ -16,7 +16,7 @@
 //! start, at 0).
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -55,6 +55,29 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// How often [`spawn_upkeep`] drains the recorder: the interval the exporter's own `install`
+/// uses.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Drains the recorder's histogram samples into their buckets every `interval`, until the
+/// returned handle is dropped. `install_recorder` leaves this to its caller: without it every
+/// latency recorded (one or more per request) stays in memory until `/metrics` is scraped,
+/// which a registry nobody scrapes never is. Measured before this existed: 16 MiB more RSS for
+/// every 15 s of renewals at 33,000/s, without end. `None` when no recorder is installed.
+pub fn spawn_upkeep(interval: Duration) -> Option<tokio_util::task::AbortOnDropHandle<()>> {
+    let handle = prometheus()?;
+    Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        },
+    )))
 }
 
 /// Every bound the registry enforces, named by the flag that sets it. Each has one series of
@@ -221,4 +244,52 @@ fn status_label(status: u16) -> metrics::SharedString {
         other => return metrics::SharedString::from(other.to_string()),
     };
     metrics::SharedString::from(fixed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The process's resident set, in KiB.
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/self/status")
+    }
+
+    /// Records `n` request latencies, as the middleware does for every request.
+    fn record(n: usize) {
+        let histogram = metrics::histogram!(
+            "rollcall_http_request_duration_seconds",
+            "method" => "PUT",
+            "route" => "/v1/clusters/{cluster}/members/{node}"
+        );
+        for i in 0..n {
+            histogram.record((i % 1000) as f64 / 1e6);
+        }
+    }
+
+    /// Without upkeep, each round of samples stays in memory (8 MiB for 1,000,000 samples);
+    /// with it, a round reuses the memory the one before it was drained from.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recorded_latencies_do_not_accumulate_without_a_scrape() {
+        let interval = Duration::from_millis(100);
+        let _upkeep = spawn_upkeep(interval).expect("the recorder installs in a fresh process");
+        const SAMPLES: usize = 1_000_000;
+        record(SAMPLES);
+        tokio::time::sleep(interval * 5).await;
+        let after_first = rss_kib();
+        for _ in 0..4 {
+            record(SAMPLES);
+            tokio::time::sleep(interval * 5).await;
+        }
+        let grown = rss_kib().saturating_sub(after_first);
+        assert!(
+            grown < 4 * 1024,
+            "RSS grew by {grown} KiB over 4,000,000 more samples: the histograms are not drained"
+        );
+    }
 }
