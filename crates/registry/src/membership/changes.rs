@@ -74,7 +74,7 @@ impl Changes {
         }
         self.compared_at_index.store(st.index, Ordering::Relaxed);
         for (cluster, sender) in lock(&self.by_cluster).iter() {
-            let index = st.clusters.get(cluster).map_or(0, |c| c.index);
+            let index = st.clusters.get(cluster.as_str()).map_or(0, |c| c.index);
             sender.send_if_modified(|seen| {
                 let moved = *seen != index;
                 *seen = index;
@@ -156,7 +156,7 @@ mod tests {
     fn state_with(indexes: &[(&str, u64)]) -> State {
         let mut st = State::new(Duration::from_secs(15), Instant::now());
         for (cluster, index) in indexes {
-            st.clusters.entry(cluster.to_string()).or_default().index = *index;
+            st.clusters.entry(Arc::from(*cluster)).or_default().index = *index;
             st.index = st.index.max(*index);
         }
         st

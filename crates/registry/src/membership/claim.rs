@@ -37,8 +37,12 @@ impl Membership {
         let no_live_server_for = cs.and_then(|c| c.no_live_server_for(now, st.grace_from));
         let live_names: Vec<String> = match (cs, no_live_server_for) {
             (Some(c), Some(_)) => {
-                let mut names: Vec<String> =
-                    c.nodes.keys().filter(|n| *n != node).cloned().collect();
+                let mut names: Vec<String> = c
+                    .nodes
+                    .keys()
+                    .filter(|n| &***n != node)
+                    .map(|n| n.to_string())
+                    .collect();
                 names.sort_unstable();
                 names
             }

@@ -7,6 +7,7 @@
 //! expires it or, when it was renewed meanwhile, files it again under its real deadline.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use tokio::time::Instant;
 
@@ -21,22 +22,23 @@ pub struct Filed {
 /// Node entries by the deadline they were filed under.
 #[derive(Debug, Default)]
 pub struct ExpiryIndex {
-    /// `(deadline, seq)` -> `(cluster, node)`.
-    filed: BTreeMap<Filed, (String, String)>,
+    /// `(deadline, seq)` -> `(cluster, node)`: the names the state's maps are keyed by,
+    /// shared, so that filing an entry allocates nothing but the index's own slot.
+    filed: BTreeMap<Filed, (Arc<str>, Arc<str>)>,
     /// The last sequence number handed out.
     seq: u64,
 }
 
 impl ExpiryIndex {
     /// Files `cluster/node` under `deadline`.
-    pub fn file(&mut self, cluster: &str, node: &str, deadline: Instant) -> Filed {
+    pub fn file(&mut self, cluster: &Arc<str>, node: &Arc<str>, deadline: Instant) -> Filed {
         self.seq += 1;
         let filed = Filed {
             deadline,
             seq: self.seq,
         };
         self.filed
-            .insert(filed, (cluster.to_string(), node.to_string()));
+            .insert(filed, (Arc::clone(cluster), Arc::clone(node)));
         filed
     }
 
@@ -47,7 +49,7 @@ impl ExpiryIndex {
 
     /// Takes out the earliest entry filed at or before `now`, if any. The caller owns it from
     /// then on: it expires it, or files it again.
-    pub fn pop_due(&mut self, now: Instant) -> Option<(String, String)> {
+    pub fn pop_due(&mut self, now: Instant) -> Option<(Arc<str>, Arc<str>)> {
         let entry = self.filed.first_entry()?;
         if entry.key().deadline > now {
             return None;
@@ -72,15 +74,19 @@ mod tests {
 
     use super::*;
 
+    fn name(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
     #[test]
     fn pops_in_deadline_order_and_only_when_due() {
         let t0 = Instant::now();
         let mut index = ExpiryIndex::default();
-        index.file("c", "late", t0 + Duration::from_secs(2));
-        index.file("c", "early", t0 + Duration::from_secs(1));
-        index.file("c", "tie", t0 + Duration::from_secs(1));
+        index.file(&name("c"), &name("late"), t0 + Duration::from_secs(2));
+        index.file(&name("c"), &name("early"), t0 + Duration::from_secs(1));
+        index.file(&name("c"), &name("tie"), t0 + Duration::from_secs(1));
         assert_eq!(index.pop_due(t0), None);
-        let due = |index: &mut ExpiryIndex, at| index.pop_due(at).map(|(_, n)| n);
+        let due = |index: &mut ExpiryIndex, at| index.pop_due(at).map(|(_, n)| n.to_string());
         let at1 = t0 + Duration::from_secs(1);
         assert_eq!(due(&mut index, at1).as_deref(), Some("early"));
         assert_eq!(due(&mut index, at1).as_deref(), Some("tie"));
@@ -97,7 +103,7 @@ mod tests {
     fn a_removed_entry_never_comes_due() {
         let t0 = Instant::now();
         let mut index = ExpiryIndex::default();
-        let filed = index.file("c", "n", t0);
+        let filed = index.file(&name("c"), &name("n"), t0);
         index.remove(filed);
         assert_eq!(index.pop_due(t0 + Duration::from_secs(1)), None);
     }

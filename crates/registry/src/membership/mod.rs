@@ -37,7 +37,7 @@ mod slots;
 mod state;
 mod views;
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rollcall_protocol::ErrorCode;
@@ -171,7 +171,7 @@ impl Membership {
         let now = Instant::now();
         let mut state = State::new(timing.ttl, now);
         for (cluster, grant) in loaded.grants {
-            let cs = state.clusters.entry(cluster).or_default();
+            let cs = state.clusters.entry(Arc::from(cluster)).or_default();
             cs.last_generation = cs.last_generation.max(grant.generation);
             cs.grant = Some(grant);
         }
@@ -179,13 +179,13 @@ impl Membership {
         for (cluster, history) in loaded.histories {
             state
                 .clusters
-                .entry(cluster.clone())
+                .entry(Arc::from(cluster.as_str()))
                 .or_default()
                 .load_history(history, now);
             with_history.insert(cluster);
         }
         for (cluster, cs) in state.clusters.iter_mut() {
-            if with_history.contains(cluster) {
+            if with_history.contains(&**cluster) {
                 continue;
             }
             // A grant stored before histories existed: its raft may run, so it counts as known.
@@ -214,7 +214,7 @@ impl Membership {
             if cs.nodes.values().any(|e| e.member.is_some()) {
                 if let Some(raft) = cs.raft_to_learn() {
                     tracing::info!(
-                        cluster,
+                        cluster = &**cluster,
                         generation = raft.generation,
                         "stored members run a raft: it counts as known"
                     );

@@ -42,7 +42,7 @@ impl Membership {
         // A cluster that never had a raft or grant keeps nothing of its reset (a record would
         // take a bootstrapped slot it never held).
         let had_record = cs.has_record();
-        let mut live: Vec<String> = cs.nodes.keys().cloned().collect();
+        let mut live: Vec<String> = cs.nodes.keys().map(|n| n.to_string()).collect();
         live.sort_unstable();
         let unnamed: Vec<&str> = live
             .iter()

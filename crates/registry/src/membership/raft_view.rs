@@ -122,7 +122,12 @@ impl ClusterState {
         members
             .iter()
             .filter(|m| !m.name.is_empty() && m.name != reporter)
-            .filter(|m| !self.nodes.get(&m.name).is_some_and(|e| e.is_live(ttl, now)))
+            .filter(|m| {
+                !self
+                    .nodes
+                    .get(m.name.as_str())
+                    .is_some_and(|e| e.is_live(ttl, now))
+            })
             .map(|m| {
                 let since = self
                     .seen

@@ -151,10 +151,10 @@ impl State {
             let spare = self
                 .clusters
                 .iter()
-                .filter(|(name, c)| name.as_str() != cluster && c.is_spare_reset())
+                .filter(|(name, c)| &***name != cluster && c.is_spare_reset())
                 .min_by_key(|(name, c)| (c.last_reset.as_ref().map(|r| r.at_unix_ms), *name));
             if let Some((name, _)) = spare {
-                return Ok(Some(name.clone()));
+                return Ok(Some(name.to_string()));
             }
             limit_refused(Limit::MaxBootstrappedClusters);
             return Err(RefusedError::LimitExceeded(format!(
@@ -218,7 +218,7 @@ impl State {
             .clusters
             .iter()
             .filter(|(_, c)| c.is_unused())
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| name.to_string())
             .collect();
         for cluster in &unused {
             self.forget_cluster(cluster, store)?;

@@ -119,7 +119,7 @@ impl Membership {
             .filter(|(_, e)| e.is_live(ttl, now))
             .filter_map(|(node, e)| {
                 e.claim.as_ref().map(|c| ClaimSummary {
-                    node: node.clone(),
+                    node: node.to_string(),
                     address: c.address.clone(),
                     role: c.role,
                     expect: c.expect,
@@ -302,14 +302,14 @@ impl ClusterState {
                 let m = e.member.as_ref()?;
                 let status = &m.record.status;
                 let server = m.record.role == MemberRole::Server;
-                let in_raft = status.in_raft == Some(true) || in_view.contains(node.as_str());
+                let in_raft = status.in_raft == Some(true) || in_view.contains(&**node);
                 let group = match () {
                     _ if status.is_leader == Some(true) => 0,
                     _ if server && in_raft => 1,
                     _ if server => 2,
                     _ => 3,
                 };
-                Some((group, node.as_str(), m, e))
+                Some((group, &**node, m, &**e))
             })
             .collect();
         let total = listed.len();
@@ -331,7 +331,7 @@ impl ClusterState {
             .nodes
             .iter()
             .filter(|(name, e)| {
-                name.as_str() != node
+                &***name != node
                     && e.is_live(ttl, now)
                     && e.holds_server_slot()
                     && self.of_this_raft(e)
@@ -345,7 +345,7 @@ impl ClusterState {
                 (
                     e.last_refresh,
                     JoinTarget {
-                        node: name.clone(),
+                        node: name.to_string(),
                         address,
                         role: MemberRole::Server,
                     },
