@@ -36,8 +36,10 @@ const MAX_MAX_MEMBERS: usize = 100_000_000;
 const MAX_MAX_METADATA_BYTES: usize = 64 * 1024 * 1024 * 1024;
 /// sled's page cache. Reads are served from memory, so sled's cache only speeds up its own
 /// writes: side by side, 16 MiB gave ~7% fewer registrations per second than 32 MiB and a
-/// ~22 MiB lower peak RSS with ~145k members stored (BENCHMARKS.md, change 10).
-pub const DEFAULT_CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// ~22 MiB lower peak RSS with ~145k members stored (BENCHMARKS.md, change 10); 8 MiB gave
+/// 15,747 and 15,769 registrations/s over 64 connections against 14,590 and 16,915 at 16 MiB,
+/// and an RSS 10.6 MiB lower with 100,000 members stored (89 against 100 MiB; issue 17).
+pub const DEFAULT_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 /// Longer than the idle timeout of reqwest's and hyper's client pools (90 s), so that a client
