@@ -64,8 +64,9 @@ pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Drains the recorder's histogram samples into their buckets every `interval`, until the
 /// returned handle is dropped. `install_recorder` leaves this to its caller: without it every
 /// latency recorded (one or more per request) stays in memory until `/metrics` is scraped,
-/// which a registry nobody scrapes never is. Measured before this existed: 16 MiB more RSS for
-/// every 15 s of renewals at 33,000/s, without end. `None` when no recorder is installed.
+/// which a registry nobody scrapes never is. Measured before this existed: about 8.5 MiB more
+/// RSS for every 15 s of renewals at 33,000/s (some 18 bytes a request), without end.
+/// `None` when no recorder is installed.
 pub fn spawn_upkeep(interval: Duration) -> Option<tokio_util::task::AbortOnDropHandle<()>> {
     let handle = prometheus()?;
     Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
