@@ -17,6 +17,11 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
 const EXIT_DATA_LOSS: u8 = 65;
 
+/// jemalloc instead of glibc's malloc: under load glibc's malloc took 18% of the registry's
+/// CPU (arena lock waits included); BENCHMARKS.md's analysis has the profiles and figures.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let matches = Cli::command().subcommand(defaults_command()).get_matches();
     if let Some(("defaults", args)) = matches.subcommand() {
