@@ -112,18 +112,17 @@ pub async fn expiry(
         };
         match due {
             None => changed.await,
-            Some((at, why)) => {
+            Some((at, why)) if at <= Instant::now() => return why,
+            // Requests only ever move the idle deadline later (or lift it while they are in
+            // flight), so it is looked at again when it passes, not at every request: a busy
+            // keep-alive connection costs this task no wake and no timer per request.
+            Some((at, Expiry::Idle)) => tokio::time::sleep_until(at).await,
+            // The header deadline can be replaced by an earlier one (`Answered` once the only
+            // answer is sent, or a short idle timeout): watch for that.
+            Some((at, _)) => {
                 tokio::select! {
                     _ = changed => {}
-                    _ = tokio::time::sleep_until(at) => {
-                        // A request may have begun at the same instant: look again.
-                        let now = *activity.borrow();
-                        if let Some((at, why_now)) = next_deadline(&now, accepted, deadlines) {
-                            if at <= Instant::now() && why_now == why {
-                                return why;
-                            }
-                        }
-                    }
+                    _ = tokio::time::sleep_until(at) => {}
                 }
             }
         }
@@ -155,10 +154,14 @@ impl<S> Tracked<S> {
 pub struct InFlight(Arc<watch::Sender<Activity>>);
 
 impl InFlight {
+    /// [`expiry`] is woken only by the changes that can bring its deadline nearer: the first
+    /// request head (the header deadline gives way) and the end of the last request in flight
+    /// (an idle or `Answered` deadline starts). Any other change it reads when it next wakes.
     fn begin(activity: &Arc<watch::Sender<Activity>>) -> InFlight {
-        activity.send_modify(|a| {
+        activity.send_if_modified(|a| {
             a.requests += 1;
             a.in_flight += 1;
+            a.requests == 1
         });
         InFlight(activity.clone())
     }
@@ -166,11 +169,12 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|a| {
+        self.0.send_if_modified(|a| {
             a.in_flight = a.in_flight.saturating_sub(1);
             if a.in_flight == 0 {
                 a.idle_since = Instant::now();
             }
+            a.in_flight == 0
         });
     }
 }
@@ -304,6 +308,41 @@ mod tests {
         let ended = Instant::now();
         assert_eq!(watcher.await.expect("expiry"), Expiry::Idle);
         assert_eq!(Instant::now() - ended, 10 * SECOND);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_within_the_idle_timeout_keep_the_connection_until_the_last_one_ends() {
+        let accepted = Instant::now();
+        let (tracked, activity) = Tracked::new((), accepted);
+        let watcher = tokio::spawn(expiry(activity, accepted, keep_alive()));
+        // A request every 6 s for a minute: each idle gap is shorter than the 10 s timeout,
+        // but the first idle deadline (and several after it) passes while the connection is busy.
+        for _ in 0..10 {
+            let in_flight = InFlight::begin(&tracked.activity);
+            tokio::time::sleep(SECOND).await;
+            drop(in_flight);
+            tokio::time::sleep(5 * SECOND).await;
+            assert!(!watcher.is_finished(), "cut within the idle timeout");
+        }
+        let idle_from = Instant::now() - 5 * SECOND;
+        assert_eq!(watcher.await.expect("expiry"), Expiry::Idle);
+        assert_eq!(Instant::now() - idle_from, 10 * SECOND);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_one_answer_connection_closes_as_soon_as_its_answer_ends() {
+        let accepted = Instant::now();
+        let once = Deadlines {
+            after_response: AfterResponse::Close,
+            ..keep_alive()
+        };
+        let (tracked, activity) = Tracked::new((), accepted);
+        let watcher = tokio::spawn(expiry(activity, accepted, once));
+        let in_flight = InFlight::begin(&tracked.activity);
+        tokio::time::sleep(SECOND / 2).await;
+        drop(in_flight);
+        assert_eq!(watcher.await.expect("expiry"), Expiry::Answered);
+        assert_eq!(Instant::now() - accepted, SECOND / 2);
     }
 
     #[tokio::test(start_paused = true)]
