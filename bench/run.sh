@@ -3,7 +3,7 @@
 # (appendfsync always) and a bare axum ceiling, all on loopback. Prints a table and writes
 # BENCHMARKS.md (crates/bench does the work; this script builds, installs and cleans up).
 #
-# Usage: bash bench/run.sh            full run (about 10 minutes), writes BENCHMARKS.md
+# Usage: bash bench/run.sh            full run (about 20 minutes on 2 cores), writes BENCHMARKS.md
 #        bash bench/run.sh --smoke    seconds, tiny populations, debug build; checks that the
 #                                     benchmark works and writes target/bench-smoke/BENCHMARKS.md
 # Extra arguments after the mode go to `rollcall-bench suite` (e.g. --systems registry,ceiling).

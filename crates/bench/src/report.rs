@@ -430,7 +430,7 @@ pub fn markdown(report: &Report, analysis: Option<&str>) -> String {
     if report.smoke {
         out.push_str("**This is a smoke run** (tiny populations, short phases): the figures only show that the benchmark works.\n\n");
     }
-    out.push_str("The same workloads against rollcall-registry, a single-node etcd 3.4, Redis 7 with `appendonly yes` and `appendfsync always`, and a ceiling (a bare axum handler returning a small JSON body), all on loopback on one machine, client included. Run it with `bash bench/run.sh` (about 10 minutes) or `bash bench/run.sh --smoke` (seconds).\n\n");
+    out.push_str("The same workloads against rollcall-registry, a single-node etcd 3.4, Redis 7 with `appendonly yes` and `appendfsync always`, and a ceiling (a bare axum handler returning a small JSON body), all on loopback on one machine, client included. Run it with `bash bench/run.sh` (about 20 minutes on 2 cores: every fixed-rate phase runs three times) or `bash bench/run.sh --smoke` (seconds).\n\n");
     out.push_str("## Machine\n\n");
     let _ = writeln!(out, "- CPU: {} × {}", m.cores, m.cpu_model);
     let _ = writeln!(out, "- memory: {} MiB", m.mem_total_mib);
