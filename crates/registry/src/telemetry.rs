@@ -180,11 +180,8 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
         Some(series) => series.record(route, method, status, elapsed),
         // No recorder of ours: the macros reach whichever is installed, if any.
         None => {
-            let (route, method) = (route_label(route), METHODS[method]);
-            metrics::counter!("rollcall_http_requests_total", "method" => method, "route" => route, "status" => status_label(status))
-                .increment(1);
-            metrics::histogram!("rollcall_http_request_duration_seconds", "method" => method, "route" => route)
-                .record(elapsed);
+            count_series(route, method, status).increment(1);
+            latency_series(route, method).record(elapsed);
         }
     }
     response
@@ -242,19 +239,44 @@ fn method_index(method: &axum::http::Method) -> usize {
 }
 
 /// The statuses the API answers with, as static labels; any other is formatted.
-const STATUSES: &[u16] = &[
-    200, 204, 304, 400, 401, 403, 404, 405, 408, 409, 413, 415, 429, 500, 503, 507,
+const STATUSES: &[(u16, &str)] = &[
+    (200, "200"),
+    (204, "204"),
+    (304, "304"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (409, "409"),
+    (413, "413"),
+    (415, "415"),
+    (429, "429"),
+    (500, "500"),
+    (503, "503"),
+    (507, "507"),
 ];
 
+fn status_index(status: u16) -> Option<usize> {
+    STATUSES.iter().position(|(s, _)| *s == status)
+}
+
 fn status_label(status: u16) -> metrics::SharedString {
-    const LABELS: &[&str] = &[
-        "200", "204", "304", "400", "401", "403", "404", "405", "408", "409", "413", "415", "429",
-        "500", "503", "507",
-    ];
-    match STATUSES.iter().position(|s| *s == status) {
-        Some(i) => metrics::SharedString::from(LABELS[i]),
+    match status_index(status) {
+        Some(i) => metrics::SharedString::from(STATUSES[i].1),
         None => metrics::SharedString::from(status.to_string()),
     }
+}
+
+/// The recorder's counter of requests by route, method and status (looked up by its labels).
+fn count_series(route: usize, method: usize, status: u16) -> metrics::Counter {
+    metrics::counter!("rollcall_http_requests_total", "method" => METHODS[method], "route" => route_label(route), "status" => status_label(status))
+}
+
+/// The recorder's latency histogram by route and method (looked up by its labels).
+fn latency_series(route: usize, method: usize) -> metrics::Histogram {
+    metrics::histogram!("rollcall_http_request_duration_seconds", "method" => METHODS[method], "route" => route_label(route))
 }
 
 /// The request series' handles, each looked up in the recorder once and then kept: a lookup
@@ -282,21 +304,15 @@ impl RequestSeries {
     }
 
     fn record(&self, route: usize, method: usize, status: u16, elapsed: f64) {
-        let (route_label, method_label) = (route_label(route), METHODS[method]);
         let pair = route * METHODS.len() + method;
-        match STATUSES.iter().position(|s| *s == status) {
+        match status_index(status) {
             Some(i) => self.counts[pair * STATUSES.len() + i]
-                .get_or_init(|| {
-                    metrics::counter!("rollcall_http_requests_total", "method" => method_label, "route" => route_label, "status" => status_label(status))
-                })
+                .get_or_init(|| count_series(route, method, status))
                 .increment(1),
-            None => metrics::counter!("rollcall_http_requests_total", "method" => method_label, "route" => route_label, "status" => status_label(status))
-                .increment(1),
+            None => count_series(route, method, status).increment(1),
         }
         self.latencies[pair]
-            .get_or_init(|| {
-                metrics::histogram!("rollcall_http_request_duration_seconds", "method" => method_label, "route" => route_label)
-            })
+            .get_or_init(|| latency_series(route, method))
             .record(elapsed);
     }
 }
