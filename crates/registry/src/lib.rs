@@ -226,30 +226,6 @@ fn term_router(
             request_timeout: config.request_timeout,
         },
     )
-    .layer(axum::middleware::from_fn_with_state(
-        membership.store().clone(),
-        refuse_writes_when_storage_is_lost,
-    ))
-}
-
-/// Once storage is lost for good (the data directory removed or replaced under the registry),
-/// every write is answered with the storage error, renewals included: a renewal of a member
-/// whose registration was refused would otherwise answer 2xx for a record only memory holds.
-async fn refuse_writes_when_storage_is_lost(
-    axum::extract::State(store): axum::extract::State<Store>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::http::Method;
-    use axum::response::IntoResponse;
-    let writes = ![Method::GET, Method::HEAD, Method::OPTIONS].contains(request.method())
-        && request.uri().path().starts_with("/v1/");
-    if writes {
-        if let Some(e) = store.lost() {
-            return api::ApiError::Storage(e).into_response();
-        }
-    }
-    next.run(request).await
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -15,11 +15,13 @@
 //! [`Limit`], counting each time that bound refused or cut off something (all present from
 //! start, at 0).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -165,26 +167,89 @@ pub fn render_global() -> Option<String> {
 }
 
 /// Counts and times every request by its route template (never the raw path, which would let
-/// clients create unbounded label values).
-pub async fn track_requests(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(ROUTES.len(), |p| route_index(p.as_str()));
-    let method = method_index(request.method());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed().as_secs_f64();
-    match request_series() {
-        Some(series) => series.record(route, method, status, elapsed),
-        // No recorder of ours: the macros reach whichever is installed, if any.
-        None => {
-            count_series(route, method, status).increment(1);
-            latency_series(route, method).record(elapsed);
+/// clients create unbounded label values). A plain tower layer rather than `from_fn`, which
+/// boxes the inner service and the future of every request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrackRequestsLayer;
+
+impl<S> tower::Layer<S> for TrackRequestsLayer {
+    type Service = TrackRequests<S>;
+
+    fn layer(&self, inner: S) -> TrackRequests<S> {
+        TrackRequests { inner }
+    }
+}
+
+/// The service of [`TrackRequestsLayer`].
+#[derive(Debug, Clone)]
+pub struct TrackRequests<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for TrackRequests<S>
+where
+    S: tower::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Timed<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Timed<S::Future> {
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(ROUTES.len(), |p| route_index(p.as_str()));
+        let method = method_index(request.method());
+        Timed {
+            inner: self.inner.call(request),
+            route,
+            method,
+            started: Instant::now(),
         }
     }
-    response
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer, recorded when it is ready (a request whose client went away first
+    /// is not recorded).
+    #[derive(Debug)]
+    pub struct Timed<F> {
+        #[pin]
+        inner: F,
+        route: usize,
+        method: usize,
+        started: Instant,
+    }
+}
+
+impl<F, E> Future for Timed<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &answer {
+            let (route, method) = (*this.route, *this.method);
+            let status = response.status().as_u16();
+            let elapsed = this.started.elapsed().as_secs_f64();
+            match request_series() {
+                Some(series) => series.record(route, method, status, elapsed),
+                // No recorder of ours: the macros reach whichever is installed, if any.
+                None => {
+                    count_series(route, method, status).increment(1);
+                    latency_series(route, method).record(elapsed);
+                }
+            }
+        }
+        Poll::Ready(answer)
+    }
 }
 
 /// The route templates, so that counting a request allocates nothing; any other is `other`,
@@ -322,6 +387,24 @@ fn request_series() -> Option<&'static RequestSeries> {
     static SERIES: OnceLock<RequestSeries> = OnceLock::new();
     HANDLE.get()?.as_ref()?;
     Some(SERIES.get_or_init(RequestSeries::new))
+}
+
+/// Counts one heartbeat in `rollcall_heartbeats_total{result}`: `registered` for a new member,
+/// `renewed` for any other. Every renewal counts one, so the two handles are kept like the
+/// request series' once our recorder is installed.
+pub fn count_heartbeat(registered: bool) {
+    fn series(registered: bool) -> metrics::Counter {
+        let result = if registered { "registered" } else { "renewed" };
+        metrics::counter!("rollcall_heartbeats_total", "result" => result)
+    }
+    static KEPT: [OnceLock<metrics::Counter>; 2] = [OnceLock::new(), OnceLock::new()];
+    if let Some(Some(_)) = HANDLE.get() {
+        KEPT[usize::from(registered)]
+            .get_or_init(|| series(registered))
+            .increment(1);
+    } else {
+        series(registered).increment(1);
+    }
 }
 
 #[cfg(test)]

@@ -113,6 +113,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 "the body must be a JSON object".into(),
             ));
         }
+        // axum's `Json` parses through serde_path_to_error, so that a refusal names the field
+        // at fault; a body that parses needs no path, so it is parsed without that wrapper
+        // (every renewal), and only a refused one again with it, for the message.
+        if let Ok(value) = serde_json::from_slice(&bytes) {
+            return Ok(ApiJson(value));
+        }
         Json::<T>::from_bytes(&bytes)
             .map(|Json(v)| ApiJson(v))
             .map_err(|rejection| ApiError::InvalidBody(rejection.body_text()))

@@ -108,13 +108,16 @@ impl Membership {
 
         if change == Change::Nothing && learn.is_none() {
             // The common case, a renewal: move the deadline and answer. No index, no write.
-            let entry = st.touch(cluster, node, now);
-            if let Some(live) = entry.member.as_mut() {
-                live.last_heartbeat = now;
+            // `Nothing` means the member is known, so its entry exists.
+            if !st.renew(cluster, node, now) {
+                let entry = st.touch(cluster, node, now);
+                if let Some(live) = entry.member.as_mut() {
+                    live.last_heartbeat = now;
+                }
             }
             let (answer, changes) = self.answer(&mut st, cluster, node, false, view, now);
             self.publish(st);
-            metrics::counter!("rollcall_heartbeats_total", "result" => "renewed").increment(1);
+            crate::telemetry::count_heartbeat(false);
             log_raft_changes(cluster, &changes);
             return Ok((answer, Durability::NoWait));
         }
@@ -168,14 +171,9 @@ impl Membership {
                 cs.identity_learned_at = Some(now);
             }
         }
-        let result = if registered_as.is_some() {
-            "registered"
-        } else {
-            "renewed"
-        };
         let (answer, changes) =
             self.answer(&mut st, cluster, node, registered_as.is_some(), view, now);
-        metrics::counter!("rollcall_heartbeats_total", "result" => result).increment(1);
+        crate::telemetry::count_heartbeat(registered_as.is_some());
         self.publish(st);
         log_raft_changes(cluster, &changes);
         // Logged once the lock is released: writing a log line is slow.

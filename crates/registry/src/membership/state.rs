@@ -24,12 +24,18 @@ use crate::store::{
     ClaimRecord, GrantRecord, HistoryRecord, MemberRecord, RaftRecord, ResetRecord, Store,
 };
 
+/// A map by cluster or node name. foldhash instead of std's SipHash: every heartbeat looks
+/// names up under the lock. Its `RandomState` is seeded at random (once per process, and per
+/// map), so names chosen by clients cannot be made to collide without knowing the seed, and
+/// the limits bound how many names a cluster and the registry hold.
+pub(super) type Names<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
+
 /// Everything the registry knows, behind `Membership`'s one lock.
 #[derive(Debug)]
 pub(super) struct State {
     /// Every cluster the registry has heard of, by name. Names are `Arc<str>` so that the
     /// expiry index shares them instead of holding copies.
-    pub clusters: HashMap<Arc<str>, ClusterState>,
+    pub clusters: Names<ClusterState>,
     /// Node entries by deadline, so that the sweep finds what is due without scanning.
     pub expiry: ExpiryIndex,
     /// Grows by one for every membership change in any cluster; a cluster's `index` is the
@@ -61,7 +67,7 @@ pub(super) struct ClusterState {
     /// Live nodes (members, claimants or both) by name. Entries are boxed: a hash table keeps
     /// up to half its slots empty, and an empty slot then costs a pointer, not an entry
     /// (at 100,000 members, 52 MiB of tables became 6.5 MiB; bench/analysis.md).
-    pub nodes: HashMap<Arc<str>, Box<NodeEntry>>,
+    pub nodes: Names<Box<NodeEntry>>,
     /// The last bootstrap grant, kept after its holder is gone as the cluster's history: the
     /// next bootstrap is one generation later.
     pub grant: Option<GrantRecord>,
@@ -349,7 +355,7 @@ impl ClusterState {
 impl State {
     pub fn new(ttl: Duration, now: Instant) -> State {
         State {
-            clusters: HashMap::new(),
+            clusters: Names::default(),
             expiry: ExpiryIndex::default(),
             index: 0,
             events: 0,
@@ -458,6 +464,23 @@ impl State {
         };
         entry.last_refresh = now;
         entry
+    }
+
+    /// A renewal: moves the deadline and last heartbeat of `node`'s entry if it exists (two
+    /// lookups, where `touch` takes five). Whether it existed.
+    pub fn renew(&mut self, cluster: &str, node: &str, now: Instant) -> bool {
+        let Some(entry) = self
+            .clusters
+            .get_mut(cluster)
+            .and_then(|cs| cs.nodes.get_mut(node))
+        else {
+            return false;
+        };
+        entry.last_refresh = now;
+        if let Some(live) = entry.member.as_mut() {
+            live.last_heartbeat = now;
+        }
+        true
     }
 
     /// Files `node`'s member record (creating or refreshing its entry), keeping the count of
