@@ -452,3 +452,30 @@ async fn the_reset_subcommand_resets_a_cluster_and_says_when_it_refuses() {
     assert_eq!(next.role, GrantedRole::Bootstrap);
     assert_eq!(next.raft.map(|r| r.generation), Some(2));
 }
+
+/// Requests are traced (method, URI, status, latency) whenever the log filter lets debug lines
+/// through at startup, for the whole log or for tower-http alone; below that the layer is not
+/// built at all (bench/analysis.md, change 17).
+#[tokio::test]
+async fn requests_are_traced_when_the_filter_lets_debug_lines_through() {
+    for filter in ["debug", "info,tower_http=debug"] {
+        let reg = TestRegistry::start_logged(&[], filter).await;
+        reg.client()
+            .heartbeat("traced", "n1", &hb("10.0.0.1:1"))
+            .await
+            .expect("heartbeat");
+        let log = common::eventually(Duration::from_secs(5), || async {
+            let log = reg.log_text();
+            log.contains("finished processing request").then_some(log)
+        })
+        .await
+        .unwrap_or_else(|| panic!("with {filter}, no request was traced: {}", reg.log_text()));
+        assert!(
+            log.lines()
+                .any(|l| l.contains("finished processing request")
+                    && l.contains("/v1/clusters/traced/members/n1")
+                    && l.contains("200")),
+            "with {filter}, the heartbeat's trace names its URI and status: {log}"
+        );
+    }
+}
