@@ -108,13 +108,9 @@ impl Membership {
 
         if change == Change::Nothing && learn.is_none() {
             // The common case, a renewal: move the deadline and answer. No index, no write.
-            // `Nothing` means the member is known, so its entry exists.
-            if !st.renew(cluster, node, now) {
-                let entry = st.touch(cluster, node, now);
-                if let Some(live) = entry.member.as_mut() {
-                    live.last_heartbeat = now;
-                }
-            }
+            // `Nothing` means the member was found above, under this lock: its entry exists.
+            let renewed = st.renew(cluster, node, now);
+            debug_assert!(renewed, "a known member's entry exists");
             let (answer, changes) = self.answer(&mut st, cluster, node, false, view, now);
             self.publish(st);
             crate::telemetry::count_heartbeat(false);
