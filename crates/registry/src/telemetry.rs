@@ -236,19 +236,27 @@ where
         let this = self.project();
         let answer = std::task::ready!(this.inner.poll(cx));
         if let Ok(response) = &answer {
-            let (route, method) = (*this.route, *this.method);
-            let status = response.status().as_u16();
             let elapsed = this.started.elapsed().as_secs_f64();
-            match request_series() {
-                Some(series) => series.record(route, method, status, elapsed),
-                // No recorder of ours: the macros reach whichever is installed, if any.
-                None => {
-                    count_series(route, method, status).increment(1);
-                    latency_series(route, method).record(elapsed);
-                }
-            }
+            record_request(
+                *this.route,
+                *this.method,
+                response.status().as_u16(),
+                elapsed,
+            );
         }
         Poll::Ready(answer)
+    }
+}
+
+/// Counts one answered request and records its latency.
+fn record_request(route: usize, method: usize, status: u16, elapsed: f64) {
+    match request_series() {
+        Some(series) => series.record(route, method, status, elapsed),
+        // No recorder of ours: the macros reach whichever is installed, if any.
+        None => {
+            count_series(route, method, status).increment(1);
+            latency_series(route, method).record(elapsed);
+        }
     }
 }
 
@@ -382,11 +390,16 @@ impl RequestSeries {
     }
 }
 
-/// The kept handles, once our recorder is installed (handles taken before would be no-ops).
+/// Whether our recorder is installed: only then may a handle be kept (one taken before would
+/// be a no-op for good).
+fn recorder_is_ours() -> bool {
+    matches!(HANDLE.get(), Some(Some(_)))
+}
+
+/// The kept request handles, once our recorder is installed.
 fn request_series() -> Option<&'static RequestSeries> {
     static SERIES: OnceLock<RequestSeries> = OnceLock::new();
-    HANDLE.get()?.as_ref()?;
-    Some(SERIES.get_or_init(RequestSeries::new))
+    recorder_is_ours().then(|| SERIES.get_or_init(RequestSeries::new))
 }
 
 /// Counts one heartbeat in `rollcall_heartbeats_total{result}`: `registered` for a new member,
@@ -398,7 +411,7 @@ pub fn count_heartbeat(registered: bool) {
         metrics::counter!("rollcall_heartbeats_total", "result" => result)
     }
     static KEPT: [OnceLock<metrics::Counter>; 2] = [OnceLock::new(), OnceLock::new()];
-    if let Some(Some(_)) = HANDLE.get() {
+    if recorder_is_ours() {
         KEPT[usize::from(registered)]
             .get_or_init(|| series(registered))
             .increment(1);

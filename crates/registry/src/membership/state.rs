@@ -3,7 +3,7 @@
 //! when a cluster is forgotten, are in `slots.rs`.
 //! Nothing here decides a claim (that is `rules.rs`) or talks to a client.
 //!
-//! Just over 500 lines: every field of the state is documented where it is declared, which
+//! Over 500 lines: every field of the state is documented where it is declared, which
 //! is where a reader of the claim rules looks them up.
 
 use std::collections::{HashMap, VecDeque};
