@@ -332,6 +332,115 @@ async fn a_raft_without_a_live_server_past_the_threshold_is_lost() {
     );
 }
 
+/// Waits (without heartbeating) until nothing of `cluster` is listed or claimed any more.
+async fn until_expired(c: &RegistryClient, cluster: &str) {
+    let started = Instant::now();
+    loop {
+        let detail = c.cluster(cluster).await.expect("cluster");
+        if detail.members.is_empty() && detail.claims.is_empty() {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A raft whose members all went silent (paused sidecars, a partition from the registry) comes
+/// back one member at a time. Until one TTL after its first server's return, a newcomer is not
+/// given a server slot while fewer servers than its size are back (`raft-returning`), so it is
+/// not made to wait for the removal of a member that is only late; once they fill the size it
+/// is told `agent` at once. A server that stays away loses its slot one TTL after the return.
+#[tokio::test]
+async fn a_raft_that_comes_back_relists_before_a_newcomer_takes_a_slot() {
+    let reg = TestRegistry::start(&[
+        "--ttl",
+        "1s",
+        "--interval",
+        "250ms",
+        "--startup-grace",
+        "500ms",
+        "--quiet-period",
+        "500ms",
+    ])
+    .await;
+    after_grace(&reg).await;
+    let c = reg.client();
+    assert_eq!(
+        c.claim("c", &claim("n1")).await.expect("n1").role,
+        GrantedRole::Bootstrap
+    );
+    let beat = |nodes: &'static [&'static str]| {
+        let c = c.clone();
+        async move {
+            for node in nodes {
+                c.heartbeat("c", node, &hb(node, MemberRole::Server))
+                    .await
+                    .expect("heartbeat");
+            }
+        }
+    };
+    beat(&["n1", "n2", "n3"]).await;
+    assert_eq!(
+        c.claim("c", &claim("n4")).await.expect("n4").role,
+        GrantedRole::Agent,
+        "three servers fill the raft"
+    );
+
+    // The whole raft goes silent, then two of its three servers are back.
+    until_expired(&c, "c").await;
+    beat(&["n1", "n2"]).await;
+    let refused = c
+        .claim("c", &claim("n4"))
+        .await
+        .expect_err("a returning raft gives no slot");
+    assert_eq!(
+        code_of(&refused),
+        Some((503, ErrorCode::NotReady)),
+        "{refused}"
+    );
+    let message = refused.to_string();
+    assert!(
+        message.contains("2 of expect=3 are back") && message.contains("one TTL (1s)"),
+        "{message}"
+    );
+    // The third is back: the servers fill the raft, and the newcomer is an agent at once.
+    beat(&["n3"]).await;
+    assert_eq!(
+        c.claim("c", &claim("n4")).await.expect("n4").role,
+        GrantedRole::Agent
+    );
+    let dashboard = reg.get_text("/").await;
+    assert!(
+        dashboard.contains("[raft-returning]"),
+        "the dashboard shows the deferral's rule"
+    );
+
+    // Silent again; this time n3 stays away. One TTL after n1's return, n5 takes its slot.
+    until_expired(&c, "c").await;
+    beat(&["n1", "n2"]).await;
+    let returned = Instant::now();
+    let (granted_after, join) = loop {
+        beat(&["n1", "n2"]).await;
+        match c.claim("c", &claim("n5")).await {
+            Ok(answer) => break (returned.elapsed(), answer),
+            Err(e) => assert_eq!(code_of(&e), Some((503, ErrorCode::NotReady)), "{e}"),
+        }
+        assert!(returned.elapsed() < Duration::from_secs(4), "never granted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(join.role, GrantedRole::Server);
+    let mut targets: Vec<&str> = join.join.iter().map(|t| t.node.as_str()).collect();
+    targets.sort_unstable();
+    assert_eq!(targets, ["n1", "n2"]);
+    assert!(
+        granted_after >= Duration::from_millis(900),
+        "a slot was given {granted_after:?} after the return, within one TTL"
+    );
+    eprintln!(
+        "the missing server's slot was given {granted_after:?} after the raft's return (TTL 1s)"
+    );
+}
+
 /// POST /v1/clusters/{c}/resize with a raw client, for the refusals the typed client has no
 /// call for.
 async fn post_resize(reg: &TestRegistry, cluster: &str, token: Option<&str>, body: &str) -> u16 {

@@ -95,6 +95,11 @@ impl Membership {
             no_live_server_for,
             raft_lost_after: timing.raft_lost_after,
             live_names: &live_names,
+            servers_returned_ago: cs
+                .filter(|c| c.raft.is_some())
+                .and_then(|c| c.servers_returned_at)
+                .map(|at| now.saturating_duration_since(at)),
+            ttl,
         };
         let decision = rules::decide(&inputs);
         let (rule, role, generation, reason) = match decision {
@@ -190,6 +195,7 @@ impl Membership {
                 cs.raft = None;
                 cs.raft_view = None;
                 cs.server_last_seen = None;
+                cs.servers_returned_at = None;
                 cs.grant = Some(grant);
             }
         }

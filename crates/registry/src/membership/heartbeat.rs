@@ -139,6 +139,13 @@ impl Membership {
             history.raft = Some(raft.clone());
             history
         });
+        // A server of the known raft heartbeats while none was live, after this registry saw
+        // its servers go: the raft is coming back (rule `raft-returning`). After a restart the
+        // registry saw none go, and its startup grace covers the re-registration.
+        let returns = record.role == MemberRole::Server
+            && cs.is_some_and(|c| {
+                c.server_last_seen.is_some() && c.no_live_server_for(now, st.grace_from).is_some()
+            });
         // Persist.
         if let Some(spare) = make_room {
             st.forget_cluster(&spare, &self.store)?;
@@ -165,6 +172,9 @@ impl Membership {
             }
             if learned_from_report {
                 cs.identity_learned_at = Some(now);
+            }
+            if returns {
+                cs.servers_returned_at = Some(now);
             }
         }
         let (answer, changes) =

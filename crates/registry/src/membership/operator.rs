@@ -95,6 +95,7 @@ impl Membership {
             cs.raft = None;
             cs.raft_view = None;
             cs.server_last_seen = None;
+            cs.servers_returned_at = None;
             cs.last_seen = None;
             cs.identity_learned_at = None;
             cs.two_rafts = None;

@@ -21,6 +21,7 @@
 //! | `expect-conflict`   | the raft is not known and live claims asked another `expect`    | 409, wait          |
 //! | `raft-lost`         | the raft is known and no server heartbeated for `--raft-lost-after` (unless `rebootstrap-after` applies) | 409, wait |
 //! | `slots-full`        | live servers already fill expect                                | `agent`            |
+//! | `raft-returning`    | the known raft had no live server, and its first one came back less than one TTL ago | 503, wait |
 //! | `take-slot`         | some servers are live, fewer than expect (a live server the leader reports disconnected for an interval, silent since, holds no slot) | `server` |
 //! | `no-live-server`    | members or claims are live, but no server                       | 503, wait          |
 //! | `rebootstrap-after` | the raft is known, and gone longer than `--rebootstrap-after`   | `bootstrap`        |
@@ -49,6 +50,7 @@ pub enum Rule {
     ExpectConflict,
     RaftLost,
     SlotsFull,
+    RaftReturning,
     TakeSlot,
     NoLiveServer,
     RebootstrapAfter,
@@ -59,7 +61,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order [`decide`] tries them.
-    pub const ALL: [Rule; 17] = [
+    pub const ALL: [Rule; 18] = [
         Rule::TwoRafts,
         Rule::WrongRaft,
         Rule::AddressConflict,
@@ -71,6 +73,7 @@ impl Rule {
         Rule::ExpectConflict,
         Rule::RaftLost,
         Rule::SlotsFull,
+        Rule::RaftReturning,
         Rule::TakeSlot,
         Rule::NoLiveServer,
         Rule::RebootstrapAfter,
@@ -91,6 +94,7 @@ impl Rule {
             Rule::AgentOnly => "agent-only",
             Rule::ExpectConflict => "expect-conflict",
             Rule::SlotsFull => "slots-full",
+            Rule::RaftReturning => "raft-returning",
             Rule::TakeSlot => "take-slot",
             Rule::RaftLost => "raft-lost",
             Rule::NoLiveServer => "no-live-server",
@@ -174,6 +178,12 @@ pub struct ClaimInputs<'a> {
     pub no_live_server_for: Option<Duration>,
     /// `--raft-lost-after`: a known raft without a live server for this long is lost.
     pub raft_lost_after: Duration,
+    /// How long ago the first server of the known raft heartbeated again after none was live
+    /// (a raft that was paused, partitioned from the registry, or restarted whole), while the
+    /// raft is known; `None` if that never happened since the raft became known.
+    pub servers_returned_ago: Option<Duration>,
+    /// The members' TTL: every live member heartbeats within it.
+    pub ttl: Duration,
     /// The other live entries by name, for the words of a `raft-lost` refusal (filled only
     /// when no server is live).
     pub live_names: &'a [String],
@@ -444,6 +454,25 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
                 o.servers
             ),
         );
+    }
+    // A raft that comes back (its sidecars were paused, cut off from the registry, or all
+    // restarted) re-registers member by member over one heartbeat interval. Until every member
+    // still alive has heartbeated, fewer servers than expect are listed, and a newcomer given a
+    // slot then would wait for the removal of a member that is not dead. Within one TTL of the
+    // first return, every live member has heartbeated: only then is a missing one missing.
+    if let Some(ago) = i.servers_returned_ago.filter(|ago| *ago < i.ttl) {
+        if o.servers > 0 {
+            return defer(
+                Rule::RaftReturning,
+                format!(
+                    "no server of cluster {cluster}'s raft was live until {} ago; {} of expect={expect} are back, and the others may not have heartbeated yet, so no server slot is given until one TTL ({}) after the first came back: {node} asks again then",
+                    human(ago),
+                    o.servers,
+                    human(i.ttl)
+                ),
+                (i.ttl - ago).max(Duration::from_millis(100)),
+            );
+        }
     }
     if o.servers > 0 {
         let replaces = if o.disconnected > 0 {

@@ -99,6 +99,11 @@ pub(super) struct ClusterState {
     /// When a server member (one that heartbeated) was last live, for `raft-lost`. In memory: after a
     /// restart, absence counts from the start.
     pub server_last_seen: Option<Instant>,
+    /// When a server member heartbeated while the raft was known and no server was live, after
+    /// this registry saw its servers go (the raft came back): for one TTL after, its other
+    /// members may still be re-registering (rule `raft-returning`). In memory, as
+    /// `server_last_seen`.
+    pub servers_returned_at: Option<Instant>,
     /// The raft's membership as its leader last reported it (see `raft_view.rs`).
     pub raft_view: Option<RaftView>,
     /// The last [`RAFT_CHANGES`] changes between the leader's consecutive views, oldest first.
@@ -391,6 +396,9 @@ impl State {
             }
             if let Some(seen) = cs.server_last_seen.as_mut() {
                 *seen += gap;
+            }
+            if let Some(back) = cs.servers_returned_at.as_mut() {
+                *back += gap;
             }
         }
         self.grace_from = now;

@@ -40,6 +40,21 @@ fn base() -> ClaimInputs<'static> {
         no_live_server_for: None,
         raft_lost_after: 300 * S,
         live_names: &[],
+        servers_returned_ago: None,
+        ttl: 15 * S,
+    }
+}
+
+/// The known raft, `back` of whose servers heartbeated again `ago` after none was live.
+fn returning(back: usize, ago: Duration) -> ClaimInputs<'static> {
+    ClaimInputs {
+        raft: Some(&KNOWN),
+        grant: Some(GRANT),
+        last_generation: Some(1),
+        last_seen_ago: Some(ago),
+        others: others(back, back, back),
+        servers_returned_ago: Some(ago),
+        ..base()
     }
 }
 
@@ -223,6 +238,43 @@ fn cases() -> Vec<Case> {
                 ..b()
             },
             rule: Rule::TakeSlot,
+            role: Some(Server),
+        },
+        Case {
+            name: "a paused raft comes back: two of three servers relisted within a TTL",
+            inputs: returning(2, 2 * S),
+            rule: Rule::RaftReturning,
+            role: None,
+        },
+        Case {
+            name: "a paused raft comes back whole: its servers fill expect at once",
+            inputs: returning(3, 2 * S),
+            rule: Rule::SlotsFull,
+            role: Some(Agent),
+        },
+        Case {
+            name: "a returned raft still misses a server one TTL after the first came back",
+            inputs: returning(2, 15 * S),
+            rule: Rule::TakeSlot,
+            role: Some(Server),
+        },
+        Case {
+            name: "a node that held its claim through the return keeps its answer",
+            inputs: ClaimInputs {
+                own_claim: Some(Server),
+                ..returning(2, 2 * S)
+            },
+            rule: Rule::SameAnswer,
+            role: Some(Server),
+        },
+        Case {
+            name: "a restarting member of the returning raft keeps its role",
+            inputs: ClaimInputs {
+                started_as: Some(Server),
+                reported_raft: Some(&OURS),
+                ..returning(2, 2 * S)
+            },
+            rule: Rule::AlreadyStarted,
             role: Some(Server),
         },
         Case {
