@@ -441,6 +441,67 @@ async fn a_raft_that_comes_back_relists_before_a_newcomer_takes_a_slot() {
     );
 }
 
+/// A server whose sidecar stops heartbeating while its agent stays in the raft (paused, cut
+/// off from the registry) expires here, but the leader still reports it connected: its slot is
+/// held, and a newcomer is told `agent` rather than `server` (it would wait for a removal that
+/// never comes). Once the leader reports it disconnected, its slot is free.
+#[tokio::test]
+async fn a_voter_the_leader_reports_connected_holds_its_slot_without_heartbeats() {
+    let reg = TestRegistry::start(&[
+        "--ttl",
+        "1s",
+        "--interval",
+        "250ms",
+        "--startup-grace",
+        "500ms",
+        "--quiet-period",
+        "500ms",
+    ])
+    .await;
+    after_grace(&reg).await;
+    let c = reg.client();
+    assert_eq!(
+        c.claim("c", &claim("n1")).await.expect("n1").role,
+        GrantedRole::Bootstrap
+    );
+    let raft = ["n1", "n2", "n3"];
+    c.heartbeat("c", "n3", &hb("n3", MemberRole::Server))
+        .await
+        .expect("n3");
+    // n1 (the leader) and n2 heartbeat on; n3 falls silent until it expires.
+    let started = Instant::now();
+    loop {
+        c.heartbeat("c", "n1", &leader_hb("n1", &raft, &[]))
+            .await
+            .expect("n1");
+        c.heartbeat("c", "n2", &hb("n2", MemberRole::Server))
+            .await
+            .expect("n2");
+        let detail = c.cluster("c").await.expect("cluster");
+        if detail.members.iter().all(|m| m.node != "n3") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "n3 never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = c.claim("c", &claim("n4")).await.expect("n4");
+    assert_eq!(answer.role, GrantedRole::Agent, "{}", answer.reason);
+    assert!(
+        answer.reason.contains("2 live server(s) with 1 voter(s)"),
+        "{}",
+        answer.reason
+    );
+    // The leader reports n3 disconnected for longer than an interval: its slot is free.
+    c.heartbeat("c", "n1", &leader_hb("n1", &raft, &["n3"]))
+        .await
+        .expect("n1");
+    let answer = c.claim("c", &claim("n5")).await.expect("n5");
+    assert_eq!(answer.role, GrantedRole::Server, "{}", answer.reason);
+}
+
 /// POST /v1/clusters/{c}/resize with a raw client, for the refusals the typed client has no
 /// call for.
 async fn post_resize(reg: &TestRegistry, cluster: &str, token: Option<&str>, body: &str) -> u16 {

@@ -108,6 +108,38 @@ impl ClusterState {
         })
     }
 
+    /// The voters of the leader's fresh view, other than `node`, that hold no server slot
+    /// here, unless the leader reports them disconnected for at least `interval` (what
+    /// [`Self::disconnected`] reports). A voter without a name is not counted: the registry
+    /// cannot tell whether it is one of its entries.
+    pub fn unlisted_voters(
+        &self,
+        node: &str,
+        ttl: Duration,
+        interval: Duration,
+        now: Instant,
+    ) -> usize {
+        let Some(view) = self.fresh_view(ttl, now) else {
+            return 0;
+        };
+        view.members
+            .iter()
+            .filter(|m| !m.learner && !m.name.is_empty() && m.name != node)
+            .filter(|m| {
+                let away = m.connected == Some(false)
+                    && m.disconnected_for_ms
+                        .is_some_and(|ms| Duration::from_millis(ms) >= interval);
+                !away
+            })
+            .filter(|m| {
+                !self
+                    .nodes
+                    .get(m.name.as_str())
+                    .is_some_and(|e| e.holds_server_slot())
+            })
+            .count()
+    }
+
     /// The registry's absence evidence for the leader `reporter`: each named raft member other
     /// than the reporter that is not live here, absent since the later of when it was last
     /// live and `grace_end` (before that the registry could not have seen it).

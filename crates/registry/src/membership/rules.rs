@@ -20,7 +20,7 @@
 //! | `agent-only`        | the node asked to be an agent only                              | `agent`            |
 //! | `expect-conflict`   | the raft is not known and live claims asked another `expect`    | 409, wait          |
 //! | `raft-lost`         | the raft is known and no server heartbeated for `--raft-lost-after` (unless `rebootstrap-after` applies) | 409, wait |
-//! | `slots-full`        | live servers already fill expect                                | `agent`            |
+//! | `slots-full`        | live servers (and voters the leader reports connected) fill expect | `agent`         |
 //! | `raft-returning`    | the known raft had no live server, and its first one came back less than one TTL ago | 503, wait |
 //! | `take-slot`         | some servers are live, fewer than expect (a live server the leader reports disconnected for an interval, silent since, holds no slot) | `server` |
 //! | `no-live-server`    | members or claims are live, but no server                       | 503, wait          |
@@ -125,6 +125,11 @@ pub struct Others {
     /// Live servers that hold no slot because the raft's leader (its view received within one
     /// TTL) reports them disconnected: their replacements take their slots.
     pub disconnected: usize,
+    /// Voters of the raft that the leader's view (received within one TTL) does not report
+    /// disconnected for an interval, but that hold no slot here (their sidecar does not
+    /// heartbeat: paused, cut off from the registry, or not yet re-registered): they are in
+    /// the raft, so they hold their slots all the same.
+    pub unlisted_voters: usize,
 }
 
 /// Everything a claim decision depends on.
@@ -445,12 +450,20 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
         }
     }
     let expect = i.raft.and_then(|r| r.expect).unwrap_or(i.expect);
-    if o.servers >= expect as usize {
+    if o.servers + o.unlisted_voters >= expect as usize {
+        let unlisted = if o.unlisted_voters > 0 {
+            format!(
+                " with {} voter(s) the raft's leader reports in the raft, connected, though they do not heartbeat here",
+                o.unlisted_voters
+            )
+        } else {
+            String::new()
+        };
         return grant(
             Rule::SlotsFull,
             GrantedRole::Agent,
             format!(
-                "{} live server(s) already fill expect={expect}; {node} joins as an agent",
+                "{} live server(s){unlisted} already fill expect={expect}; {node} joins as an agent",
                 o.servers
             ),
         );

@@ -302,7 +302,8 @@ impl ClusterState {
         expects
     }
 
-    /// What is live besides `node`. Expired entries were removed by `expire_due` just before
+    /// What is live besides `node`. Voters in the leader's fresh view that hold no slot here
+    /// count as `unlisted_voters`. Expired entries were removed by `expire_due` just before
     /// this is called. A server the raft's leader reports disconnected for at least one
     /// `interval` (in a view received within `ttl`) holds no slot, unless it has heartbeated
     /// since its disconnection began, not saying it is out of the raft: its own heartbeat is
@@ -337,6 +338,7 @@ impl ClusterState {
                 }
             }
         }
+        o.unlisted_voters = self.unlisted_voters(node, ttl, interval, now);
         o
     }
 

@@ -86,6 +86,7 @@ fn others(any: usize, members: usize, servers: usize) -> Others {
         members,
         servers,
         disconnected: 0,
+        unlisted_voters: 0,
     }
 }
 
@@ -239,6 +240,31 @@ fn cases() -> Vec<Case> {
             },
             rule: Rule::TakeSlot,
             role: Some(Server),
+        },
+        Case {
+            name: "two live servers, the third in the raft (the leader says) but not heartbeating",
+            inputs: ClaimInputs {
+                raft: Some(&KNOWN),
+                others: Others {
+                    unlisted_voters: 1,
+                    ..others(2, 2, 2)
+                },
+                ..b()
+            },
+            rule: Rule::SlotsFull,
+            role: Some(Agent),
+        },
+        Case {
+            name: "a returning raft whose leader reports the missing server connected",
+            inputs: ClaimInputs {
+                others: Others {
+                    unlisted_voters: 1,
+                    ..others(2, 2, 2)
+                },
+                ..returning(2, 2 * S)
+            },
+            rule: Rule::SlotsFull,
+            role: Some(Agent),
         },
         Case {
             name: "a paused raft comes back: two of three servers relisted within a TTL",
@@ -504,6 +530,7 @@ fn cases() -> Vec<Case> {
                     members: 3,
                     servers: 2,
                     disconnected: 1,
+                    unlisted_voters: 0,
                 },
                 ..b()
             },
@@ -758,6 +785,7 @@ fn a_freed_slot_says_whose_place_it_is() {
             members: 3,
             servers: 2,
             disconnected: 1,
+            unlisted_voters: 0,
         },
         ..base()
     };
