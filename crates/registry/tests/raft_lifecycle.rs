@@ -441,6 +441,72 @@ async fn a_raft_that_comes_back_relists_before_a_newcomer_takes_a_slot() {
     );
 }
 
+/// The same return across a registry restart: the raft went silent and expired, the registry
+/// was killed and restarted (it keeps the known raft, not the expired members), and the raft
+/// comes back after the startup grace: the first server's return opens the same window.
+#[tokio::test]
+async fn a_raft_that_comes_back_after_a_registry_restart_relists_first() {
+    let mut reg = TestRegistry::start_process(&[
+        "--ttl",
+        "1s",
+        "--interval",
+        "250ms",
+        "--startup-grace",
+        "500ms",
+        "--quiet-period",
+        "500ms",
+    ])
+    .await;
+    after_grace(&reg).await;
+    let c = reg.client();
+    assert_eq!(
+        c.claim("c", &claim("n1")).await.expect("n1").role,
+        GrantedRole::Bootstrap
+    );
+    for node in ["n1", "n2", "n3"] {
+        c.heartbeat("c", node, &hb(node, MemberRole::Server))
+            .await
+            .expect("heartbeat");
+    }
+    until_expired(&c, "c").await;
+    // The expiries reach the disk within a second even though nobody waits on them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    reg.kill9();
+    reg.restart().await;
+    after_grace(&reg).await;
+    let c = reg.client();
+    let detail = c.cluster("c").await.expect("cluster");
+    assert!(
+        detail.members.is_empty() && detail.raft.is_some(),
+        "the restarted registry knows the raft and none of its expired members: {detail:?}"
+    );
+    for node in ["n1", "n2"] {
+        c.heartbeat("c", node, &hb(node, MemberRole::Server))
+            .await
+            .expect("heartbeat");
+    }
+    let refused = c
+        .claim("c", &claim("n4"))
+        .await
+        .expect_err("a returning raft gives no slot");
+    assert_eq!(
+        code_of(&refused),
+        Some((503, ErrorCode::NotReady)),
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("2 of expect=3 are back"),
+        "{refused}"
+    );
+    c.heartbeat("c", "n3", &hb("n3", MemberRole::Server))
+        .await
+        .expect("n3");
+    assert_eq!(
+        c.claim("c", &claim("n4")).await.expect("n4").role,
+        GrantedRole::Agent
+    );
+}
+
 /// A server whose sidecar stops heartbeating while its agent stays in the raft (paused, cut
 /// off from the registry) expires here, but the leader still reports it connected: its slot is
 /// held, and a newcomer is told `agent` rather than `server` (it would wait for a removal that

@@ -140,8 +140,9 @@ impl Membership {
             history
         });
         // A server of the known raft heartbeats while none was live, after this registry saw
-        // its servers go: the raft is coming back (rule `raft-returning`). After a restart the
-        // registry saw none go, and its startup grace covers the re-registration.
+        // its servers go or started with the raft known: the raft is coming back (rule
+        // `raft-returning`). A raft relearned from an agent's heartbeat, none of whose servers
+        // this registry ever counted, is forming, not returning.
         let returns = record.role == MemberRole::Server
             && cs.is_some_and(|c| {
                 c.server_last_seen.is_some() && c.no_live_server_for(now, st.grace_from).is_some()

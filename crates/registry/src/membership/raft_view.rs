@@ -1,8 +1,9 @@
 //! The raft's membership as its leader reports it, and what the registry derives from it: the
 //! changes between consecutive views (logged, counted, kept for people), the absence evidence
 //! the leader's dead-member cleanup needs (`absent` in its heartbeat answer), the slots of live
-//! servers the leader reports disconnected, `server_slot_open` for agents, and how long no
-//! server has been live (for `raft-lost`). All in memory: a restart learns the view again from
+//! servers the leader reports disconnected, the slots of voters it reports connected that do
+//! not heartbeat here, `server_slot_open` for agents, and how long no server has been live
+//! (for `raft-lost`). All in memory: a restart learns the view again from
 //! the leader's next heartbeat.
 
 use std::time::Duration;
@@ -108,29 +109,20 @@ impl ClusterState {
         })
     }
 
-    /// The voters of the leader's fresh view, other than `node`, that hold no server slot
-    /// here, unless the leader reports them disconnected for at least `interval` (what
-    /// [`Self::disconnected`] reports). A voter without a name is not counted: the registry
-    /// cannot tell whether it is one of its entries.
-    pub fn unlisted_voters(
-        &self,
-        node: &str,
-        ttl: Duration,
-        interval: Duration,
-        now: Instant,
-    ) -> usize {
+    /// The voters of the leader's fresh view, other than `node`, that the leader reports
+    /// connected and that hold no server slot here (their sidecars do not heartbeat). Only
+    /// `connected: true` counts: a voter of unknown connection (the leader could not read its
+    /// peers, or became leader a moment ago) or one disconnected may be dead, and its slot is
+    /// then for a replacement. A voter without a name is not counted: the registry cannot tell
+    /// whether it is one of its entries.
+    pub fn unlisted_voters(&self, node: &str, ttl: Duration, now: Instant) -> usize {
         let Some(view) = self.fresh_view(ttl, now) else {
             return 0;
         };
         view.members
             .iter()
             .filter(|m| !m.learner && !m.name.is_empty() && m.name != node)
-            .filter(|m| {
-                let away = m.connected == Some(false)
-                    && m.disconnected_for_ms
-                        .is_some_and(|ms| Duration::from_millis(ms) >= interval);
-                !away
-            })
+            .filter(|m| m.connected == Some(true))
             .filter(|m| {
                 !self
                     .nodes
@@ -175,7 +167,8 @@ impl ClusterState {
 
     /// Whether an agent's heartbeat answer says `server_slot_open`: the raft's size is known,
     /// the raft's leader reports fewer voters than that (a view received within one TTL), and
-    /// the live servers (those the leader reports disconnected not counted) are fewer too.
+    /// the live servers (those the leader reports disconnected not counted, voters it reports
+    /// connected that do not heartbeat here counted) are fewer too.
     /// Both: the live servers alone are fewer for a while whenever members re-register (a
     /// registry restarted empty, a raft paused past its TTL), and an agent told then would
     /// give up its gateway to join a raft that has no room. No fresh view, no slot.
@@ -203,7 +196,8 @@ impl ClusterState {
             Some((at, n)) if at == key => n,
             _ => {
                 // Counted for no claimant at all, then less this node if it holds a slot.
-                let n = self.others("", ttl, interval, now).servers;
+                let o = self.others("", ttl, interval, now);
+                let n = o.servers + o.unlisted_voters;
                 self.slot_count = Some((key, n));
                 n
             }
@@ -221,5 +215,52 @@ impl ClusterState {
         }
         let since = self.server_last_seen.map_or(floor, |seen| seen.max(floor));
         Some(now.saturating_duration_since(since))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(
+        name: &str,
+        learner: bool,
+        connected: Option<bool>,
+        gone_ms: Option<u64>,
+    ) -> RaftMember {
+        RaftMember {
+            id: format!("id-{name}"),
+            name: name.to_string(),
+            peer_urls: vec![format!("http://{name}:2380")],
+            learner,
+            connected,
+            disconnected_for_ms: gone_ms,
+        }
+    }
+
+    /// Only a named voter the leader reports connected holds a slot without heartbeating: not
+    /// one of unknown connection, not one disconnected (for however long), not a learner, not
+    /// the claimant, and nothing once the view is older than one TTL.
+    #[test]
+    fn only_voters_reported_connected_count_as_unlisted() {
+        let ttl = Duration::from_secs(3);
+        let now = Instant::now();
+        let mut cs = ClusterState::default();
+        cs.take_view(
+            "leader",
+            vec![
+                member("a", false, Some(true), None),
+                member("b", false, None, None),
+                member("c", false, Some(false), Some(100)),
+                member("d", false, Some(false), Some(5_000)),
+                member("e", true, Some(true), None),
+                member("", false, Some(true), None),
+                member("f", false, Some(true), None),
+            ],
+            now,
+        );
+        assert_eq!(cs.unlisted_voters("n9", ttl, now), 2, "a and f");
+        assert_eq!(cs.unlisted_voters("a", ttl, now), 1, "f: a is the claimant");
+        assert_eq!(cs.unlisted_voters("n9", ttl, now + ttl), 0, "a stale view");
     }
 }

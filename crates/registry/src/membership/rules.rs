@@ -20,8 +20,8 @@
 //! | `agent-only`        | the node asked to be an agent only                              | `agent`            |
 //! | `expect-conflict`   | the raft is not known and live claims asked another `expect`    | 409, wait          |
 //! | `raft-lost`         | the raft is known and no server heartbeated for `--raft-lost-after` (unless `rebootstrap-after` applies) | 409, wait |
-//! | `slots-full`        | live servers (and voters the leader reports connected) fill expect | `agent`         |
-//! | `raft-returning`    | the known raft had no live server, and its first one came back less than one TTL ago | 503, wait |
+//! | `slots-full`        | live servers, and voters the leader reports connected that do not heartbeat, fill expect | `agent` |
+//! | `raft-returning`    | fewer servers than expect are live, and the known raft's first server came back (after none was live) less than one TTL ago | 503, wait |
 //! | `take-slot`         | some servers are live, fewer than expect (a live server the leader reports disconnected for an interval, silent since, holds no slot) | `server` |
 //! | `no-live-server`    | members or claims are live, but no server                       | 503, wait          |
 //! | `rebootstrap-after` | the raft is known, and gone longer than `--rebootstrap-after`   | `bootstrap`        |
@@ -496,12 +496,20 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
         } else {
             String::new()
         };
+        let unlisted = if o.unlisted_voters > 0 {
+            format!(
+                " (and {} by voter(s) the raft's leader reports connected, though they do not heartbeat here)",
+                o.unlisted_voters
+            )
+        } else {
+            String::new()
+        };
         return grant(
             Rule::TakeSlot,
             GrantedRole::Server,
             format!(
-                "{} of expect={expect} server slots are taken{replaces}; {node} takes another and joins the live servers",
-                o.servers
+                "{} of expect={expect} server slots are taken{unlisted}{replaces}; {node} takes another and joins the live servers",
+                o.servers + o.unlisted_voters
             ),
         );
     }

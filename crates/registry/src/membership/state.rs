@@ -232,6 +232,10 @@ impl ClusterState {
     /// Loads a stored history; `last_seen` comes back as the same distance in the past.
     pub fn load_history(&mut self, history: HistoryRecord, now: Instant) {
         self.raft = history.raft;
+        // The servers of a known raft are counted as last seen at the start: the registry
+        // cannot have seen them since, and when one heartbeats while none is live, that is a
+        // return (rule `raft-returning`), as it is for a raft the registry saw go.
+        self.server_last_seen = self.raft.as_ref().map(|_| now);
         self.last_generation = self.last_generation.max(history.last_generation);
         self.last_reset = history.last_reset;
         self.last_seen = history.last_seen_unix_ms.map(|seen_ms| {
@@ -302,8 +306,8 @@ impl ClusterState {
         expects
     }
 
-    /// What is live besides `node`. Voters in the leader's fresh view that hold no slot here
-    /// count as `unlisted_voters`. Expired entries were removed by `expire_due` just before
+    /// What is live besides `node`. Voters that the leader's fresh view reports connected and
+    /// that hold no slot here count as `unlisted_voters`. Expired entries were removed by `expire_due` just before
     /// this is called. A server the raft's leader reports disconnected for at least one
     /// `interval` (in a view received within `ttl`) holds no slot, unless it has heartbeated
     /// since its disconnection began, not saying it is out of the raft: its own heartbeat is
@@ -338,7 +342,7 @@ impl ClusterState {
                 }
             }
         }
-        o.unlisted_voters = self.unlisted_voters(node, ttl, interval, now);
+        o.unlisted_voters = self.unlisted_voters(node, ttl, now);
         o
     }
 
@@ -401,6 +405,9 @@ impl State {
             }
             if let Some(back) = cs.servers_returned_at.as_mut() {
                 *back += gap;
+            }
+            if let Some(view) = cs.raft_view.as_mut() {
+                view.at += gap;
             }
         }
         self.grace_from = now;
