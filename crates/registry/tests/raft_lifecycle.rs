@@ -507,6 +507,75 @@ async fn a_raft_that_comes_back_after_a_registry_restart_relists_first() {
     );
 }
 
+/// The leader's sidecar falls silent (paused, cut off from the registry) while its agent leads
+/// on: once the leader's last report is a TTL old, a newcomer is not given the slot its
+/// expired entry left (`leader-silent`: the registry cannot tell a silent voter from a dead
+/// one); once another leader reports the old one disconnected, the slot is the newcomer's.
+#[tokio::test]
+async fn a_silent_leader_gives_no_slot_until_a_leader_reports_again() {
+    let reg = TestRegistry::start(&[
+        "--ttl",
+        "1s",
+        "--interval",
+        "250ms",
+        "--startup-grace",
+        "500ms",
+        "--quiet-period",
+        "500ms",
+    ])
+    .await;
+    after_grace(&reg).await;
+    let c = reg.client();
+    assert_eq!(
+        c.claim("c", &claim("n1")).await.expect("n1").role,
+        GrantedRole::Bootstrap
+    );
+    let raft = ["n1", "n2", "n3"];
+    c.heartbeat("c", "n1", &leader_hb("n1", &raft, &[]))
+        .await
+        .expect("n1");
+    // n2 and n3 heartbeat on; the leader n1 falls silent until it expires.
+    let started = Instant::now();
+    loop {
+        for node in ["n2", "n3"] {
+            c.heartbeat("c", node, &hb(node, MemberRole::Server))
+                .await
+                .expect("heartbeat");
+        }
+        let detail = c.cluster("c").await.expect("cluster");
+        if detail.members.iter().all(|m| m.node != "n1") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "n1 never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = c
+        .claim("c", &claim("n4"))
+        .await
+        .expect_err("a silent leader gives no slot");
+    assert_eq!(
+        code_of(&refused),
+        Some((503, ErrorCode::NotReady)),
+        "{refused}"
+    );
+    let message = refused.to_string();
+    assert!(
+        message.contains("its leader last reported")
+            && message.contains("ROLLCALL_FORCE_NEW_CLUSTER=1"),
+        "{message}"
+    );
+    assert!(reg.get_text("/").await.contains("[leader-silent]"));
+    // n2 leads now and reports n1 disconnected for longer than an interval: n4 takes its slot.
+    c.heartbeat("c", "n2", &leader_hb("n2", &raft, &["n1"]))
+        .await
+        .expect("n2");
+    let answer = c.claim("c", &claim("n4")).await.expect("n4");
+    assert_eq!(answer.role, GrantedRole::Server, "{}", answer.reason);
+}
+
 /// A server whose sidecar stops heartbeating while its agent stays in the raft (paused, cut
 /// off from the registry) expires here, but the leader still reports it connected: its slot is
 /// held, and a newcomer is told `agent` rather than `server` (it would wait for a removal that

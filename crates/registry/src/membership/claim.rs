@@ -100,6 +100,10 @@ impl Membership {
                 .and_then(|c| c.servers_returned_at)
                 .map(|at| now.saturating_duration_since(at)),
             ttl,
+            leader_report_ago: cs
+                .filter(|c| c.raft.is_some())
+                .and_then(|c| c.raft_view.as_ref())
+                .map(|v| now.saturating_duration_since(v.at)),
         };
         let decision = rules::decide(&inputs);
         let (rule, role, generation, reason) = match decision {
