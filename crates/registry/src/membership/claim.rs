@@ -60,7 +60,7 @@ impl Membership {
             agent_only: request.agent_only,
             own_claim: own.and_then(|e| e.claim.as_ref()).map(|c| c.role),
             others: cs
-                .map(|c| c.others(node, ttl, timing.interval, now))
+                .map(|c| c.others(node, ttl, timing.interval, timing.raft_lost_after, now))
                 .unwrap_or_default(),
             uptime: now.saturating_duration_since(st.grace_from),
             startup_grace: timing.startup_grace,
@@ -100,10 +100,6 @@ impl Membership {
                 .and_then(|c| c.servers_returned_at)
                 .map(|at| now.saturating_duration_since(at)),
             ttl,
-            leader_report_ago: cs
-                .filter(|c| c.raft.is_some())
-                .and_then(|c| c.raft_view.as_ref())
-                .map(|v| now.saturating_duration_since(v.at)),
         };
         let decision = rules::decide(&inputs);
         let (rule, role, generation, reason) = match decision {

@@ -109,27 +109,46 @@ impl ClusterState {
         })
     }
 
-    /// The voters of the leader's fresh view, other than `node`, that the leader reports
-    /// connected and that hold no server slot here (their sidecars do not heartbeat). Only
-    /// `connected: true` counts: a voter of unknown connection (the leader could not read its
-    /// peers, or became leader a moment ago) or one disconnected may be dead, and its slot is
-    /// then for a replacement. A voter without a name is not counted: the registry cannot tell
-    /// whether it is one of its entries.
-    pub fn unlisted_voters(&self, node: &str, ttl: Duration, now: Instant) -> usize {
-        let Some(view) = self.fresh_view(ttl, now) else {
+    /// The voters in the raft, other than `node`, that hold no server slot here (their
+    /// sidecars do not heartbeat), as the leader's last view tells:
+    /// - while the view is fresh (received within `ttl`), the voters it reports connected.
+    ///   Only `connected: true` counts: a voter of unknown connection (the leader could not
+    ///   read its peers, or was just elected) or one disconnected may be dead, and its slot is
+    ///   then for a replacement;
+    /// - while it is older, but younger than `hold` (`--raft-lost-after`), only the leader that
+    ///   reported it: its sidecar is silent (its own report would be fresh otherwise), and
+    ///   whether its agent still leads the raft only that report could say; a dead leader's
+    ///   raft elects another, whose report frees the slot within an interval. Past `hold`, a
+    ///   leader silent that long holds nothing.
+    ///
+    /// A voter without a name is not counted: the registry cannot tell whether it is one of
+    /// its entries.
+    pub fn unlisted_voters(
+        &self,
+        node: &str,
+        ttl: Duration,
+        hold: Duration,
+        now: Instant,
+    ) -> usize {
+        let Some(view) = &self.raft_view else {
             return 0;
         };
-        view.members
-            .iter()
-            .filter(|m| !m.learner && !m.name.is_empty() && m.name != node)
-            .filter(|m| m.connected == Some(true))
-            .filter(|m| {
-                !self
-                    .nodes
-                    .get(m.name.as_str())
-                    .is_some_and(|e| e.holds_server_slot())
-            })
-            .count()
+        let unlisted = |name: &str| {
+            !name.is_empty()
+                && name != node
+                && !self.nodes.get(name).is_some_and(|e| e.holds_server_slot())
+        };
+        let age = now.saturating_duration_since(view.at);
+        if age < ttl {
+            view.members
+                .iter()
+                .filter(|m| !m.learner && m.connected == Some(true) && unlisted(&m.name))
+                .count()
+        } else if age < hold {
+            usize::from(unlisted(&view.reporter))
+        } else {
+            0
+        }
     }
 
     /// The registry's absence evidence for the leader `reporter`: each named raft member other
@@ -196,7 +215,8 @@ impl ClusterState {
             Some((at, n)) if at == key => n,
             _ => {
                 // Counted for no claimant at all, then less this node if it holds a slot.
-                let o = self.others("", ttl, interval, now);
+                // The view is fresh here: a silent leader's hold never applies.
+                let o = self.others("", ttl, interval, Duration::ZERO, now);
                 let n = o.servers + o.unlisted_voters;
                 self.slot_count = Some((key, n));
                 n
@@ -240,7 +260,8 @@ mod tests {
 
     /// Only a named voter the leader reports connected holds a slot without heartbeating: not
     /// one of unknown connection, not one disconnected (for however long), not a learner, not
-    /// the claimant, and nothing once the view is older than one TTL.
+    /// the claimant. Once the view is older than one TTL, only its silent reporter does, and
+    /// not past `hold`.
     #[test]
     fn only_voters_reported_connected_count_as_unlisted() {
         let ttl = Duration::from_secs(3);
@@ -259,8 +280,28 @@ mod tests {
             ],
             now,
         );
-        assert_eq!(cs.unlisted_voters("n9", ttl, now), 2, "a and f");
-        assert_eq!(cs.unlisted_voters("a", ttl, now), 1, "f: a is the claimant");
-        assert_eq!(cs.unlisted_voters("n9", ttl, now + ttl), 0, "a stale view");
+        let hold = Duration::from_secs(300);
+        assert_eq!(cs.unlisted_voters("n9", ttl, hold, now), 2, "a and f");
+        assert_eq!(
+            cs.unlisted_voters("a", ttl, hold, now),
+            1,
+            "f: a is the claimant"
+        );
+        // Older than a TTL: only the silent leader that reported it, until `hold`.
+        assert_eq!(
+            cs.unlisted_voters("n9", ttl, hold, now + ttl),
+            1,
+            "the leader"
+        );
+        assert_eq!(
+            cs.unlisted_voters("leader", ttl, hold, now + ttl),
+            0,
+            "the claimant"
+        );
+        assert_eq!(
+            cs.unlisted_voters("n9", ttl, hold, now + hold),
+            0,
+            "silent too long"
+        );
     }
 }

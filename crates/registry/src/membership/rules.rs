@@ -20,9 +20,8 @@
 //! | `agent-only`        | the node asked to be an agent only                              | `agent`            |
 //! | `expect-conflict`   | the raft is not known and live claims asked another `expect`    | 409, wait          |
 //! | `raft-lost`         | the raft is known and no server heartbeated for `--raft-lost-after` (unless `rebootstrap-after` applies) | 409, wait |
-//! | `slots-full`        | live servers, and voters the leader reports connected that do not heartbeat, fill expect | `agent` |
+//! | `slots-full`        | live servers, and voters that do not heartbeat here but are in the raft (the leader says so, or is one, silent), fill expect | `agent` |
 //! | `raft-returning`    | fewer servers than expect are live, and the known raft's first server came back (after none was live) less than one TTL ago | 503, wait |
-//! | `leader-silent`     | servers are live, fewer than expect, and the raft's leader, which reported its membership before, has not for one TTL | 503, wait |
 //! | `take-slot`         | some servers are live, fewer than expect (a live server the leader reports disconnected for an interval, silent since, holds no slot) | `server` |
 //! | `no-live-server`    | members or claims are live, but no server                       | 503, wait          |
 //! | `rebootstrap-after` | the raft is known, and gone longer than `--rebootstrap-after`   | `bootstrap`        |
@@ -52,7 +51,6 @@ pub enum Rule {
     RaftLost,
     SlotsFull,
     RaftReturning,
-    LeaderSilent,
     TakeSlot,
     NoLiveServer,
     RebootstrapAfter,
@@ -63,7 +61,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order [`decide`] tries them.
-    pub const ALL: [Rule; 19] = [
+    pub const ALL: [Rule; 18] = [
         Rule::TwoRafts,
         Rule::WrongRaft,
         Rule::AddressConflict,
@@ -76,7 +74,6 @@ impl Rule {
         Rule::RaftLost,
         Rule::SlotsFull,
         Rule::RaftReturning,
-        Rule::LeaderSilent,
         Rule::TakeSlot,
         Rule::NoLiveServer,
         Rule::RebootstrapAfter,
@@ -98,7 +95,6 @@ impl Rule {
             Rule::ExpectConflict => "expect-conflict",
             Rule::SlotsFull => "slots-full",
             Rule::RaftReturning => "raft-returning",
-            Rule::LeaderSilent => "leader-silent",
             Rule::TakeSlot => "take-slot",
             Rule::RaftLost => "raft-lost",
             Rule::NoLiveServer => "no-live-server",
@@ -129,10 +125,10 @@ pub struct Others {
     /// Live servers that hold no slot because the raft's leader (its view received within one
     /// TTL) reports them disconnected: their replacements take their slots.
     pub disconnected: usize,
-    /// Voters of the raft that the leader's view (received within one TTL) does not report
-    /// disconnected for an interval, but that hold no slot here (their sidecar does not
-    /// heartbeat: paused, cut off from the registry, or not yet re-registered): they are in
-    /// the raft, so they hold their slots all the same.
+    /// Voters of the raft that hold no slot here (their sidecar does not heartbeat: paused,
+    /// cut off from the registry, or not yet re-registered) but are in the raft all the same:
+    /// those the leader's view (received within one TTL) reports connected, or, while its
+    /// view is older, the leader itself (see `ClusterState::unlisted_voters`).
     pub unlisted_voters: usize,
 }
 
@@ -193,9 +189,6 @@ pub struct ClaimInputs<'a> {
     pub servers_returned_ago: Option<Duration>,
     /// The members' TTL: every live member heartbeats within it.
     pub ttl: Duration,
-    /// How long ago the raft's leader last reported its membership (a heartbeat with
-    /// `raft_members`), if one did since the registry started or the raft became known.
-    pub leader_report_ago: Option<Duration>,
     /// The other live entries by name, for the words of a `raft-lost` refusal (filled only
     /// when no server is live).
     pub live_names: &'a [String],
@@ -460,7 +453,7 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
     if o.servers + o.unlisted_voters >= expect as usize {
         let unlisted = if o.unlisted_voters > 0 {
             format!(
-                " with {} voter(s) the raft's leader reports in the raft, connected, though they do not heartbeat here",
+                " with {} voter(s) in the raft that do not heartbeat here (the raft's leader reports them connected, or is one, silent since its last report)",
                 o.unlisted_voters
             )
         } else {
@@ -494,25 +487,6 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
             );
         }
     }
-    // Which voters the raft holds is the leader's word: without a fresh one, a voter whose
-    // sidecar is silent (the leader's own, paused or cut off from the registry) cannot be told
-    // from a dead one, and a newcomer given its slot would wait for a removal that never comes.
-    // Only for a raft whose leader reported before: one that never does is judged as before.
-    if let Some(ago) = i.leader_report_ago.filter(|ago| *ago >= i.ttl) {
-        if o.servers > 0 {
-            return defer(
-                Rule::LeaderSilent,
-                format!(
-                    "the raft of cluster {cluster} has {} of expect={expect} server(s) live here, but its leader last reported the raft's membership {} ago (more than one TTL, {}), so the registry cannot tell a silent voter from a dead one and gives no server slot: {node} asks again in {}. If the leader's sidecar is stopped or cut off from the registry, start or reconnect it; if the raft has lost its quorum (no leader), restart a survivor with its data and ROLLCALL_FORCE_NEW_CLUSTER=1",
-                    o.servers,
-                    human(ago),
-                    human(i.ttl),
-                    human(i.interval)
-                ),
-                i.interval,
-            );
-        }
-    }
     if o.servers > 0 {
         let replaces = if o.disconnected > 0 {
             format!(
@@ -524,7 +498,7 @@ pub fn decide(i: &ClaimInputs<'_>) -> Decision {
         };
         let unlisted = if o.unlisted_voters > 0 {
             format!(
-                " (and {} by voter(s) the raft's leader reports connected, though they do not heartbeat here)",
+                " (and {} by voter(s) in the raft that do not heartbeat here: the raft's leader reports them connected, or is one, silent since its last report)",
                 o.unlisted_voters
             )
         } else {

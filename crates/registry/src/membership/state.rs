@@ -306,8 +306,8 @@ impl ClusterState {
         expects
     }
 
-    /// What is live besides `node`. Voters that the leader's fresh view reports connected and
-    /// that hold no slot here count as `unlisted_voters`. Expired entries were removed by `expire_due` just before
+    /// What is live besides `node`. Voters in the raft that hold no slot here count as
+    /// `unlisted_voters` (see [`Self::unlisted_voters`]; `hold` is `--raft-lost-after`). Expired entries were removed by `expire_due` just before
     /// this is called. A server the raft's leader reports disconnected for at least one
     /// `interval` (in a view received within `ttl`) holds no slot, unless it has heartbeated
     /// since its disconnection began, not saying it is out of the raft: its own heartbeat is
@@ -315,7 +315,14 @@ impl ClusterState {
     /// the leader's views are an interval apart, and a node granted its slot meanwhile would
     /// wait for a cleanup that never comes). A dead member's last heartbeat comes before its
     /// death, and so before the leader saw it go.
-    pub fn others(&self, node: &str, ttl: Duration, interval: Duration, now: Instant) -> Others {
+    pub fn others(
+        &self,
+        node: &str,
+        ttl: Duration,
+        interval: Duration,
+        hold: Duration,
+        now: Instant,
+    ) -> Others {
         let disconnected = self.disconnected(ttl, interval, now);
         let gone = |name: &str, e: &NodeEntry| {
             disconnected.iter().any(|(n, since)| {
@@ -342,7 +349,7 @@ impl ClusterState {
                 }
             }
         }
-        o.unlisted_voters = self.unlisted_voters(node, ttl, now);
+        o.unlisted_voters = self.unlisted_voters(node, ttl, hold, now);
         o
     }
 

@@ -42,7 +42,6 @@ fn base() -> ClaimInputs<'static> {
         live_names: &[],
         servers_returned_ago: None,
         ttl: 15 * S,
-        leader_report_ago: None,
     }
 }
 
@@ -263,39 +262,6 @@ fn cases() -> Vec<Case> {
                     ..others(2, 2, 2)
                 },
                 ..returning(2, 2 * S)
-            },
-            rule: Rule::SlotsFull,
-            role: Some(Agent),
-        },
-        Case {
-            name: "two live servers of three, the leader silent for a TTL",
-            inputs: ClaimInputs {
-                raft: Some(&KNOWN),
-                others: others(2, 2, 2),
-                leader_report_ago: Some(15 * S),
-                ..b()
-            },
-            rule: Rule::LeaderSilent,
-            role: None,
-        },
-        Case {
-            name: "two live servers of three, the leader reported within a TTL",
-            inputs: ClaimInputs {
-                raft: Some(&KNOWN),
-                others: others(2, 2, 2),
-                leader_report_ago: Some(14 * S),
-                ..b()
-            },
-            rule: Rule::TakeSlot,
-            role: Some(Server),
-        },
-        Case {
-            name: "three live servers, the leader silent: the slots are full all the same",
-            inputs: ClaimInputs {
-                raft: Some(&KNOWN),
-                others: others(3, 3, 3),
-                leader_report_ago: Some(60 * S),
-                ..b()
             },
             rule: Rule::SlotsFull,
             role: Some(Agent),
