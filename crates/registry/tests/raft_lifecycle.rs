@@ -251,19 +251,7 @@ fn code_of(e: &ClientError) -> Option<(u16, ErrorCode)> {
 /// as lost. With nothing live the answer stays `raft_lost`.
 #[tokio::test]
 async fn a_raft_without_a_live_server_past_the_threshold_is_lost() {
-    let reg = TestRegistry::start(&[
-        "--ttl",
-        "1s",
-        "--interval",
-        "250ms",
-        "--startup-grace",
-        "500ms",
-        "--quiet-period",
-        "500ms",
-        "--raft-lost-after",
-        "2s",
-    ])
-    .await;
+    let reg = TestRegistry::start(&[SHORT, &["--raft-lost-after", "2s"]].concat()).await;
     after_grace(&reg).await;
     let c = reg.client();
     assert_eq!(

@@ -1,10 +1,10 @@
 //! The raft's membership as its leader reports it, and what the registry derives from it: the
 //! changes between consecutive views (logged, counted, kept for people), the absence evidence
 //! the leader's dead-member cleanup needs (`absent` in its heartbeat answer), the slots of live
-//! servers the leader reports disconnected, the slots of voters it reports connected that do
-//! not heartbeat here, `server_slot_open` for agents, and how long no server has been live
-//! (for `raft-lost`). All in memory: a restart learns the view again from
-//! the leader's next heartbeat.
+//! servers the leader reports disconnected, the slots of voters that do not heartbeat here
+//! (those it reports connected, or, once its view is a TTL old, the silent leader itself),
+//! `server_slot_open` for agents, and how long no server has been live (for `raft-lost`). All
+//! in memory: a restart learns the view again from the leader's next heartbeat.
 
 use std::time::Duration;
 
